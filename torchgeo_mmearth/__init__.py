@@ -1,0 +1,7 @@
+"""torchgeo-mmearth: MMEarth multi-modal pretraining (MP-MAE) for TorchGeo.
+
+If you use this package in your research, please cite MMEarth:
+https://arxiv.org/abs/2405.02771
+"""
+
+__version__ = '0.1.0.dev0'

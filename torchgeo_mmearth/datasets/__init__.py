@@ -1,0 +1,5 @@
+"""MMEarth datasets."""
+
+from .mmearth import MMEarth
+
+__all__ = ('MMEarth',)

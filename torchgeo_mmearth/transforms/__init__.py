@@ -1,0 +1,5 @@
+"""Transforms for MMEarth samples and batches."""
+
+from .mmearth import BandStats, MMEarthNormalize
+
+__all__ = ('BandStats', 'MMEarthNormalize')
