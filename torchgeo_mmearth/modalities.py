@@ -1,7 +1,7 @@
 """The MMEarth modalities: stored layout, band names, no-data rules and pretext roles.
 
-One table describes every dataset of the published MMEarth HDF5 corpora (Nassar et
-al., "MMEarth: Exploring Multi-Modal Pretext Tasks For Geospatial Representation
+One table describes every dataset of the published MMEarth HDF5 corpora (Nedungadi
+et al., "MMEarth: Exploring Multi-Modal Pretext Tasks For Geospatial Representation
 Learning", ECCV 2024, https://arxiv.org/abs/2405.02771). The dataset reader, the
 on-device normalisation, the pretraining heads and the corpus builder all read it,
 so a modality is described once.
