@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/explore_mmearth.py --output $(DEMO_DIR)
+	@echo "Writing a small synthetic corpus in the MMEarth64 layout (not MMEarth data)"
+	$(BIN)/python tests/data/mmearth/data.py --root $(DEMO_DIR)/corpus --subset MMEarth64 --num-tiles 256
+	$(BIN)/python examples/explore_mmearth.py --root $(DEMO_DIR)/corpus --subset MMEarth64 --output $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered -q

@@ -353,38 +353,28 @@ _ALL = (
 MODALITIES: Mapping[str, Modality] = {modality.name: modality for modality in _ALL}
 
 #: The 12 Sentinel-2 bands the MP-MAE encoder reads (B10 dropped; B8A before B8).
-SENTINEL2_INPUT_BANDS = (
-    'B1',
-    'B2',
-    'B3',
-    'B4',
-    'B5',
-    'B6',
-    'B7',
-    'B8A',
-    'B8',
-    'B9',
-    'B11',
-    'B12',
-)
+SENTINEL2_INPUT_BANDS = tuple(b for b in MODALITIES['sentinel2'].bands if b != 'B10')
 
 #: Bands of the MMEarth "rgb" models: blue, green, red (BGR order, as pretrained).
 SENTINEL2_RGB_BANDS = ('B2', 'B3', 'B4')
 
-#: The 12 pretext modalities of MP-MAE ("all_mod"), with the bands they use.
+#: The 12 pretext modalities of MP-MAE ("all_mod"), with the bands they use, in the
+#: order of ``OUT_MODALITIES`` of the reference code (vishalned/MMEarth-train): the
+#: order in which it sums the task losses, so the uncertainty weights (``log_vars``)
+#: of the released checkpoints are indexed in it.
 PRETEXT_MODALITIES: Mapping[str, tuple[str, ...]] = {
     'sentinel2': SENTINEL2_INPUT_BANDS,
     'sentinel1': MODALITIES['sentinel1'].bands,
     'aster': MODALITIES['aster'].bands,
-    'canopy_height_eth': MODALITIES['canopy_height_eth'].bands,
-    'dynamic_world': MODALITIES['dynamic_world'].bands,
-    'esa_worldcover': MODALITIES['esa_worldcover'].bands,
     'era5': MODALITIES['era5'].bands,
+    'dynamic_world': MODALITIES['dynamic_world'].bands,
+    'canopy_height_eth': MODALITIES['canopy_height_eth'].bands,
     'lat': MODALITIES['lat'].bands,
     'lon': MODALITIES['lon'].bands,
-    'month': MODALITIES['month'].bands,
     'biome': MODALITIES['biome'].bands,
     'eco_region': MODALITIES['eco_region'].bands,
+    'month': MODALITIES['month'].bands,
+    'esa_worldcover': MODALITIES['esa_worldcover'].bands,
 }
 
 

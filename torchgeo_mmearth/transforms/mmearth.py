@@ -1,7 +1,7 @@
 """No-data handling and normalisation of raw MMEarth samples, on any device."""
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,8 +56,9 @@ class MMEarthNormalize(nn.Module):
             modality = MODALITIES[name]
             if modality.kind is Kind.CONTINUOUS:
                 mean, std = _select_stats(band_stats, name, bands)
-                self.register_buffer(f'mean_{name}', mean, persistent=False)
-                self.register_buffer(f'std_{name}', std, persistent=False)
+                # z = x * scale + shift, one fused multiply-add per value
+                self.register_buffer(f'scale_{name}', 1 / std, persistent=False)
+                self.register_buffer(f'shift_{name}', -mean / std, persistent=False)
             elif modality.level is Level.PIXEL:
                 self.register_buffer(
                     f'lut_{name}', _class_lut(modality), persistent=False
@@ -74,6 +75,7 @@ class MMEarthNormalize(nn.Module):
             A new dictionary with the normalised modalities.
         """
         out = dict(sample)
+        self._follow(sample)
         for name in self.modality_bands:
             modality = MODALITIES[name]
             key = modality.key
@@ -84,13 +86,22 @@ class MMEarthNormalize(nn.Module):
                 out[key] = self._zscore(name, x, sample.get('s2_type'))
             elif modality.level is Level.PIXEL:
                 lut: Tensor = getattr(self, f'lut_{name}')
-                out[key] = lut.to(x.device)[x.long()]
+                out[key] = lut[x.long()]
         return out
+
+    def _follow(self, sample: Mapping[str, Any]) -> None:
+        """Move the buffers to the device of the sample's tensors, once."""
+        device = next(
+            (v.device for v in sample.values() if isinstance(v, Tensor)), None
+        )
+        buffer = next(self.buffers(), None)
+        if device is not None and buffer is not None and buffer.device != device:
+            self.to(device)
 
     def _zscore(self, name: str, x: Tensor, s2_type: Tensor | None) -> Tensor:
         modality = MODALITIES[name]
-        mean: Tensor = getattr(self, f'mean_{name}').to(x.device)
-        std: Tensor = getattr(self, f'std_{name}').to(x.device)
+        scale: Tensor = getattr(self, f'scale_{name}')
+        shift: Tensor = getattr(self, f'shift_{name}')
         if len(modality.stats_keys) > 1:
             if s2_type is None:
                 raise KeyError(
@@ -100,19 +111,25 @@ class MMEarthNormalize(nn.Module):
             index = s2_type.to(device=x.device, dtype=torch.long)
         else:
             index = torch.zeros((), dtype=torch.long, device=x.device)
-        mean, std = mean[index], std[index]  # (C,) or (B, C)
+        scale, shift = scale[index], shift[index]  # (C,) or (B, C)
         if modality.level is Level.PIXEL:
-            mean, std = mean[..., None, None], std[..., None, None]
+            scale, shift = scale[..., None, None], shift[..., None, None]
 
-        values = x.float()
+        # No-data is found on the stored values (exact in float32 for every stored
+        # integer type), before the z-score.
+        values = x.to(torch.float32)
         low, high = modality.valid_range
-        valid = torch.isfinite(values)
-        if not math.isinf(low):
-            valid &= values >= low
-        if not math.isinf(high):
-            valid &= values <= high
-        values = torch.where(valid, values, torch.nan)
-        return (values - mean) / std
+        invalid = ~torch.isfinite(values) if x.is_floating_point() else None
+        for bound, outside in ((low, torch.lt), (high, torch.gt)):
+            if not x.is_floating_point() and _always_holds(bound, outside, x.dtype):
+                continue
+            if not math.isinf(bound):
+                hit = outside(values, bound)
+                invalid = hit if invalid is None else invalid | hit
+        out = torch.addcmul(shift, values, scale)
+        if invalid is None:
+            return out
+        return out.masked_fill_(invalid, torch.nan)
 
 
 def _select_stats(
@@ -145,6 +162,14 @@ def _select_stats(
         means.append(mean)
         stds.append(std)
     return torch.stack(means), torch.stack(stds)
+
+
+def _always_holds(
+    bound: float, outside: Callable[[Tensor, float], Tensor], dtype: torch.dtype
+) -> bool:
+    """Whether no value of an integer *dtype* lies outside *bound*."""
+    info = torch.iinfo(dtype)
+    return bound <= info.min if outside is torch.lt else bound >= info.max
 
 
 def _class_lut(modality: Modality) -> Tensor:

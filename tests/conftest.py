@@ -1,0 +1,45 @@
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use('agg')
+
+DATA = Path(__file__).parent / 'data'
+
+
+def load_data_script(name: str) -> ModuleType:
+    """Import ``tests/data/<name>/data.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f'{name}_data', DATA / name / 'data.py'
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def mmearth_data() -> ModuleType:
+    """The MMEarth test-data generator module."""
+    return load_data_script('mmearth')
+
+
+@pytest.fixture(scope='session')
+def mmearth_root(
+    mmearth_data: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """All three MMEarth subsets, 10 tiles each, in the published layout."""
+    root = tmp_path_factory.mktemp('mmearth')
+    for subset in mmearth_data.SUBSETS:
+        mmearth_data.write_corpus(root, subset, num_tiles=10, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def torch_hub(tmp_path: Path) -> None:
+    """Keep downloads and hub caches out of the user's home directory."""
+    torch.hub.set_dir(str(tmp_path / 'hub'))

@@ -1,0 +1,525 @@
+import json
+import pickle
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from torchgeo.datasets import DatasetNotFoundError
+
+from torchgeo_mmearth.datasets import MMEarth
+from torchgeo_mmearth.modalities import MODALITIES, PRETEXT_MODALITIES
+
+SUBSETS = {'MMEarth': 128, 'MMEarth64': 64, 'MMEarth100k': 128}
+ALL_MODALITIES = list(MODALITIES)
+
+
+def h5_path(root: Path, subset: str) -> Path:
+    stem = MMEarth.subsets[subset]
+    return root / stem / f'{stem}.h5'
+
+
+def raw(root: Path, subset: str, name: str, row: int) -> np.ndarray:
+    """A tile read with plain h5py, independently of the reader under test."""
+    with h5py.File(h5_path(root, subset), 'r') as f:
+        return np.asarray(f[name][row])
+
+
+def band_stats(root: Path, subset: str) -> dict[str, Any]:
+    stem = MMEarth.subsets[subset]
+    return json.loads((root / stem / f'{stem}_band_stats.json').read_text())
+
+
+def copy_subset(root: Path, subset: str, destination: Path) -> Path:
+    stem = MMEarth.subsets[subset]
+    shutil.copytree(root / stem, destination / stem)
+    return destination / stem
+
+
+@pytest.mark.parametrize('subset', list(SUBSETS))
+class TestSubsets:
+    def test_default_sample(self, mmearth_root: Path, subset: str) -> None:
+        ds = MMEarth(mmearth_root, subset=subset)
+        size = SUBSETS[subset]
+        sample = ds[0]
+        assert set(sample) == {
+            *(MODALITIES[name].key for name in PRETEXT_MODALITIES),
+            's2_type',
+            'tile_id',
+        }
+        assert sample['image_sentinel2'].shape == (12, size, size)
+        assert sample['image_sentinel1'].shape == (8, size, size)
+        assert sample['image_aster'].shape == (2, size, size)
+        assert sample['image_canopy_height_eth'].shape == (2, size, size)
+        for key in ('mask_dynamic_world', 'mask_esa_worldcover'):
+            assert sample[key].shape == (1, size, size)
+            assert sample[key].dtype == torch.long
+        assert sample['era5'].shape == (12,)
+        for key in ('lat', 'lon', 'month'):
+            assert sample[key].shape == (2,)
+            assert sample[key].dtype == torch.float32
+        for key in ('biome', 'eco_region'):
+            assert sample[key].shape == ()
+            assert sample[key].dtype == torch.long
+        assert isinstance(sample['tile_id'], str)
+        assert ds.tile_size == size
+
+    def test_splits(self, mmearth_root: Path, subset: str) -> None:
+        lengths = {
+            split: len(MMEarth(mmearth_root, subset, split)) for split in MMEarth.splits
+        }
+        assert lengths == {'train': 6, 'val': 2, 'test': 2}
+        datasets = {
+            split: MMEarth(mmearth_root, subset, split, modalities=['lat'])
+            for split in lengths
+        }
+        ids = {
+            split: {ds[i]['tile_id'] for i in range(len(ds))}
+            for split, ds in datasets.items()
+        }
+        assert not ids['train'] & ids['val'] and not ids['train'] & ids['test']
+
+    def test_raw_dtypes(self, mmearth_root: Path, subset: str) -> None:
+        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES, normalize=False)
+        sample = ds[1]
+        assert sample['image_sentinel2'].dtype == torch.uint16
+        assert sample['image_sentinel2'].shape[0] == 12
+        assert sample['image_aster'].dtype == torch.int16
+        assert sample['image_canopy_height_eth'].dtype == torch.int8
+        assert sample['mask_dynamic_world'].dtype == torch.uint8
+        assert sample['mask_sentinel2_cloudmask'].dtype == torch.uint16
+        assert sample['image_sentinel1'].dtype == torch.float32
+        row = int(ds.indices[1])
+        for name in (
+            'sentinel1',
+            'aster',
+            'canopy_height_eth',
+            'dynamic_world',
+            'era5',
+        ):
+            expected = raw(mmearth_root, subset, name, row)
+            np.testing.assert_array_equal(
+                sample[MODALITIES[name].key].numpy(), expected
+            )
+
+    def test_direct_reads_match_h5py(self, mmearth_root: Path, subset: str) -> None:
+        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES, normalize=False)
+        with h5py.File(h5_path(mmearth_root, subset), 'r') as f:
+            for name in [*ALL_MODALITIES, 'metadata']:
+                reader = ds._reader(name)
+                assert reader.direct
+                for row in range(ds.num_tiles):
+                    assert reader(row).tobytes() == np.asarray(f[name][row]).tobytes()
+
+
+class TestNoData:
+    """Every no-data rule of the published format, checked against raw values."""
+
+    subset = 'MMEarth64'
+
+    def samples(self, root: Path, **kwargs: Any) -> list[tuple[dict[str, Any], int]]:
+        """Every tile of every split, with its row in the HDF5 file."""
+        samples = []
+        for split in MMEarth.splits:
+            ds = MMEarth(root, self.subset, split, modalities=ALL_MODALITIES, **kwargs)
+            samples += [(ds[i], int(row)) for i, row in enumerate(ds.indices)]
+        assert sorted(row for _, row in samples) == list(range(10))
+        return samples
+
+    def test_sentinel2_zero_is_nodata_before_normalisation(
+        self, mmearth_root: Path
+    ) -> None:
+        stats = band_stats(mmearth_root, self.subset)
+        seen_nodata = False
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'sentinel2', row)
+            stored = stored[[i for i in range(13) if i != 10]].astype(np.float64)
+            level = 'l2a' if sample['s2_type'] == 1 else 'l1c'
+            mean = np.delete(np.array(stats[f'sentinel2_{level}']['mean']), 10)
+            std = np.delete(np.array(stats[f'sentinel2_{level}']['std']), 10)
+            expected = np.where(
+                stored == 0, np.nan, (stored - mean[:, None, None]) / std[:, None, None]
+            )
+            np.testing.assert_allclose(
+                sample['image_sentinel2'].numpy(), expected, rtol=1e-5, atol=1e-5
+            )
+            seen_nodata |= bool((stored == 0).any())
+        assert seen_nodata
+
+    def test_sentinel2_l1c_and_l2a_statistics(self, mmearth_root: Path) -> None:
+        samples = self.samples(mmearth_root, normalize=False)
+        assert {int(sample['s2_type']) for sample, _ in samples} == {0, 1}
+        with h5py.File(h5_path(mmearth_root, self.subset)) as f:
+            levels = [m[1].decode() for m in f['metadata'][:]]
+        for sample, row in samples:
+            assert sample['s2_type'] == ('l1c', 'l2a').index(levels[row])
+
+    def test_l2a_b10_is_nodata(self, mmearth_root: Path) -> None:
+        bands = {'sentinel2': list(MODALITIES['sentinel2'].bands)}
+        ds = MMEarth(
+            mmearth_root, self.subset, modalities=['sentinel2'], modality_bands=bands
+        )
+        for index in range(len(ds)):
+            sample = ds[index]
+            b10 = sample['image_sentinel2'][10]
+            assert b10.isnan().all() == (sample['s2_type'] == 1)
+
+    def test_sentinel1_missing_orbits(self, mmearth_root: Path) -> None:
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'sentinel1', row)
+            got = sample['image_sentinel1']
+            assert torch.equal(got.isnan(), torch.from_numpy(~np.isfinite(stored)))
+
+    def test_aster_clamped_placeholder(self, mmearth_root: Path) -> None:
+        found = False
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'aster', row)
+            got = sample['image_aster']
+            assert torch.equal(got.isnan(), torch.from_numpy(stored == -32768))
+            found |= bool((stored == -32768).any())
+        assert found
+
+    def test_canopy_height_int8_placeholders(self, mmearth_root: Path) -> None:
+        clamped = wrapped = False
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'canopy_height_eth', row)
+            got = sample['image_canopy_height_eth']
+            nodata = (stored == 127) | (stored < 0)
+            assert torch.equal(got.isnan(), torch.from_numpy(nodata))
+            clamped |= bool((stored == 127).all())
+            wrapped |= bool((stored == -1).any())
+        assert clamped and wrapped
+
+    def test_dynamic_world(self, mmearth_root: Path) -> None:
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'dynamic_world', row).astype(
+                np.int64
+            )
+            expected = np.where((stored >= 1) & (stored <= 9), stored - 1, -1)
+            np.testing.assert_array_equal(
+                sample['mask_dynamic_world'].numpy(), expected
+            )
+
+    def test_esa_worldcover_keeps_tree_cover(self, mmearth_root: Path) -> None:
+        codes = [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'esa_worldcover', row)
+            got = sample['mask_esa_worldcover'].numpy()
+            expected = np.full(stored.shape, -1)
+            for cls, code in enumerate(codes):
+                expected[stored == code] = cls
+            np.testing.assert_array_equal(got, expected)
+            assert (got == 0).any()  # tree cover survives
+            assert (got[stored == 0] == -1).all() and (got[stored == 255] == -1).all()
+
+    def test_sentinel2_masks(self, mmearth_root: Path) -> None:
+        for sample, row in self.samples(mmearth_root):
+            qa60 = raw(mmearth_root, self.subset, 'sentinel2_cloudmask', row)
+            expected = np.select([qa60 == 0, qa60 == 1024, qa60 == 2048], [0, 1, 2], -1)
+            np.testing.assert_array_equal(
+                sample['mask_sentinel2_cloudmask'].numpy(), expected
+            )
+            scl = raw(mmearth_root, self.subset, 'sentinel2_scl', row)
+            np.testing.assert_array_equal(
+                sample['mask_sentinel2_scl'].numpy(),
+                np.where(scl == 255, -1, scl.astype(np.int64)),
+            )
+            prob = raw(mmearth_root, self.subset, 'sentinel2_cloudprod', row)
+            assert torch.equal(
+                sample['image_sentinel2_cloudprod'].isnan(),
+                torch.from_numpy(prob == 65535),
+            )
+
+    def test_era5_nan(self, mmearth_root: Path) -> None:
+        stats = band_stats(mmearth_root, self.subset)['era5']
+        for sample, row in self.samples(mmearth_root):
+            stored = raw(mmearth_root, self.subset, 'era5', row).astype(np.float64)
+            expected = (stored - np.array(stats['mean'])) / np.array(stats['std'])
+            np.testing.assert_allclose(
+                sample['era5'].numpy(), expected, rtol=1e-5, atol=1e-5
+            )
+
+    def test_image_level_classes_are_indices(self, mmearth_root: Path) -> None:
+        for sample, row in self.samples(mmearth_root):
+            assert (
+                sample['biome'] == raw(mmearth_root, self.subset, 'biome', row).argmax()
+            )
+            assert (
+                sample['eco_region']
+                == raw(mmearth_root, self.subset, 'eco_region', row).argmax()
+            )
+
+    def test_broken_one_hot_is_ignored(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        copy_subset(mmearth_root, self.subset, tmp_path)
+        with h5py.File(h5_path(tmp_path, self.subset), 'r+') as f:
+            f['biome'][:] = 0  # no class set
+            f['eco_region'][:, :2] = 1  # two classes set
+        for sample, _ in self.samples(tmp_path):
+            assert sample['biome'] == -1 and sample['eco_region'] == -1
+
+
+class TestSelection:
+    def test_band_order_is_the_requested_order(self, mmearth_root: Path) -> None:
+        bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VV', 'asc_VV']}
+        ds = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+        assert ds.modalities == ('sentinel2', 'sentinel1')
+        sample, row = ds[0], int(ds.indices[0])
+        s2 = raw(mmearth_root, 'MMEarth64', 'sentinel2', row)
+        s1 = raw(mmearth_root, 'MMEarth64', 'sentinel1', row)
+        np.testing.assert_array_equal(sample['image_sentinel2'].numpy(), s2[[3, 2, 1]])
+        np.testing.assert_array_equal(sample['image_sentinel1'].numpy(), s1[[4, 0]])
+
+    def test_subset_of_modalities(self, mmearth_root: Path) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['biome', 'lat'])
+        assert set(ds[0]) == {'biome', 'lat', 's2_type', 'tile_id'}
+
+    def test_transforms(self, mmearth_root: Path) -> None:
+        def transform(sample: dict[str, Any]) -> dict[str, Any]:
+            sample['seen'] = sample['image_sentinel2'].isnan().any()
+            return sample
+
+        ds = MMEarth(
+            mmearth_root, 'MMEarth64', modalities=['sentinel2'], transforms=transform
+        )
+        assert 'seen' in ds[0]
+
+
+class TestErrors:
+    def test_missing_folder(self, tmp_path: Path) -> None:
+        with pytest.raises(DatasetNotFoundError, match=r'data_1M_v001_64\.h5'):
+            MMEarth(tmp_path, 'MMEarth64')
+
+    def test_missing_file(self, mmearth_root: Path, tmp_path: Path) -> None:
+        folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        (folder / 'data_1M_v001_64_band_stats.json').unlink()
+        with pytest.raises(DatasetNotFoundError, match=r'_band_stats\.json'):
+            MMEarth(tmp_path, 'MMEarth64')
+
+    @pytest.mark.parametrize(
+        ('kwargs', 'message'),
+        [
+            ({'subset': 'MMEarth1k'}, "Unknown subset 'MMEarth1k'; valid subsets are"),
+            ({'split': 'training'}, "Unknown split 'training'"),
+            (
+                {'modalities': ['sentinel3']},
+                "Unknown modality 'sentinel3'; valid modalities are .*'sentinel2'",
+            ),
+            (
+                {'modality_bands': {'sentinel2': ['B13']}},
+                "Unknown band 'B13' for modality 'sentinel2'; valid bands are .*'B8A'",
+            ),
+            (
+                {'modalities': ['aster'], 'modality_bands': {'sentinel2': ['B2']}},
+                "modality_bands names 'sentinel2', which is not in modalities",
+            ),
+            (
+                {'modality_bands': {'sentinel2': []}},
+                "No bands selected for modality 'sentinel2'",
+            ),
+            ({'modality_bands': {'sentinel2': ['B2', 'B2']}}, 'duplicates'),
+        ],
+    )
+    def test_bad_arguments(
+        self, mmearth_root: Path, kwargs: dict[str, Any], message: str
+    ) -> None:
+        kwargs = {'subset': 'MMEarth64', **kwargs}
+        with pytest.raises(ValueError, match=message):
+            MMEarth(mmearth_root, **kwargs)
+
+    def test_string_instead_of_sequence(self, mmearth_root: Path) -> None:
+        with pytest.raises(TypeError, match='sequence'):
+            MMEarth(mmearth_root, 'MMEarth64', modalities='sentinel2')
+
+    def test_split_missing_from_splits_file(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        path = folder / 'data_1M_v001_64_splits.json'
+        path.write_text(json.dumps({'train': list(range(10))}))
+        with pytest.raises(
+            ValueError, match=r"_splits.json has no split 'val'; it has \['train'\]"
+        ):
+            MMEarth(tmp_path, 'MMEarth64', split='val')
+
+    def test_split_index_out_of_range(self, mmearth_root: Path, tmp_path: Path) -> None:
+        folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        (folder / 'data_1M_v001_64_splits.json').write_text(
+            json.dumps({'train': [0, 10]})
+        )
+        with pytest.raises(ValueError, match=r'row indices in \[0, 10\)'):
+            MMEarth(tmp_path, 'MMEarth64')
+
+    def test_truncated_h5(self, mmearth_root: Path, tmp_path: Path) -> None:
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        path = h5_path(tmp_path, 'MMEarth64')
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(
+            OSError, match=r'data_1M_v001_64\.h5 is not a readable HDF5 file'
+        ):
+            MMEarth(tmp_path, 'MMEarth64')
+
+    def test_corrupt_chunk(self, mmearth_root: Path, tmp_path: Path) -> None:
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        ds = MMEarth(tmp_path, 'MMEarth64', modalities=['sentinel2'])
+        row = int(ds.indices[0])
+        path = h5_path(tmp_path, 'MMEarth64')
+        with h5py.File(path) as f:
+            offset = (
+                f['sentinel2'].id.get_chunk_info_by_coord((row, 0, 0, 0)).byte_offset
+            )
+        with open(path, 'r+b') as f:
+            f.seek(offset + 16)
+            f.write(b'\xff' * 64)
+        with pytest.raises(
+            OSError, match=f"cannot read row {row} of dataset 'sentinel2'"
+        ):
+            ds[0]
+
+    def test_stats_do_not_match(self, mmearth_root: Path, tmp_path: Path) -> None:
+        folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        path = folder / 'data_1M_v001_64_band_stats.json'
+        stats = json.loads(path.read_text())
+        stats['sentinel1']['std'] = stats['sentinel1']['std'][:4]
+        path.write_text(json.dumps(stats))
+        with pytest.raises(ValueError, match="'sentinel1' must list 8 'std' values"):
+            MMEarth(tmp_path, 'MMEarth64')
+        del stats['aster']
+        path.write_text(json.dumps(stats))
+        with pytest.raises(ValueError, match="no entry 'aster' for modality 'aster'"):
+            MMEarth(tmp_path, 'MMEarth64', modalities=['aster'])
+
+    def test_missing_dataset_and_wrong_dtype(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        with h5py.File(h5_path(tmp_path, 'MMEarth64'), 'r+') as f:
+            del f['aster']
+            month = f['month'][:]
+            del f['month']
+            f['month'] = month.astype(np.int32)
+        with pytest.raises(ValueError, match=r"has no dataset 'aster'; it holds \["):
+            MMEarth(tmp_path, 'MMEarth64', modalities=['aster'])
+        with pytest.raises(
+            ValueError, match="dataset 'month' is int32, expected float32"
+        ):
+            MMEarth(tmp_path, 'MMEarth64', modalities=['month'])
+
+
+class TestLayouts:
+    def test_contiguous_file_reads_the_same(
+        self, mmearth_data: ModuleType, tmp_path: Path
+    ) -> None:
+        gzip_root, flat_root = tmp_path / 'gzip', tmp_path / 'flat'
+        mmearth_data.write_corpus(gzip_root, 'MMEarth64', num_tiles=4, seed=3)
+        mmearth_data.write_corpus(
+            flat_root, 'MMEarth64', num_tiles=4, seed=3, compression=None
+        )
+        gzip_ds = MMEarth(gzip_root, 'MMEarth64', modalities=ALL_MODALITIES)
+        flat_ds = MMEarth(flat_root, 'MMEarth64', modalities=ALL_MODALITIES)
+        assert not flat_ds._reader('sentinel2').direct
+        for a, b in zip(gzip_ds[0].values(), flat_ds[0].values(), strict=True):
+            if isinstance(a, torch.Tensor):
+                assert torch.equal(a.isnan(), b.isnan())
+                assert torch.equal(a.nan_to_num(), b.nan_to_num())
+            else:
+                assert a == b
+
+    def test_metadata_without_s2_type_uses_tile_info(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        with h5py.File(h5_path(tmp_path, 'MMEarth64'), 'r+') as f:
+            ids = f['metadata'][:]['tile_id']
+            del f['metadata']
+            f['metadata'] = np.array([(i,) for i in ids], dtype=[('tile_id', 'S100')])
+        merged = MMEarth(tmp_path, 'MMEarth64', modalities=['sentinel2'])
+        original = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2'])
+        for index in range(len(original)):
+            assert merged[index]['s2_type'] == original[index]['s2_type']
+            assert merged[index]['tile_id'] == original[index]['tile_id']
+        (tmp_path / 'data_1M_v001_64' / 'data_1M_v001_64_tile_info.json').unlink()
+        with pytest.raises(
+            ValueError, match=r'no S2_type field.*_tile_info\.json, which is missing'
+        ):
+            MMEarth(tmp_path, 'MMEarth64', modalities=['sentinel2'])
+
+    def test_tile_info_is_not_needed(self, mmearth_root: Path, tmp_path: Path) -> None:
+        folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        (folder / 'data_1M_v001_64_tile_info.json').unlink()
+        assert MMEarth(tmp_path, 'MMEarth64')[0]['s2_type'] in (0, 1)
+
+
+class TestHandles:
+    def test_pickle_drops_the_handle(self, mmearth_root: Path) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64')
+        first = ds[0]
+        assert ds._h5 is not None
+        clone = pickle.loads(pickle.dumps(ds))
+        assert clone._h5 is None
+        assert clone[0]['tile_id'] == first['tile_id']
+
+    def test_fork_workers(self, mmearth_root: Path) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64', split='train', normalize=False)
+        expected = [ds[i] for i in range(len(ds))]  # the parent holds an open handle
+        loader = DataLoader(
+            ds, batch_size=2, num_workers=2, multiprocessing_context='fork'
+        )
+        batches = list(loader)
+        got = [
+            b['image_sentinel2'][j] for b in batches for j in range(len(b['tile_id']))
+        ]
+        assert all(
+            torch.equal(g, e['image_sentinel2'])
+            for g, e in zip(got, expected, strict=True)
+        )
+        assert (
+            ds[0]['tile_id'] == expected[0]['tile_id']
+        )  # the parent reopens after the fork
+
+    @pytest.mark.slow
+    def test_spawn_workers(self, mmearth_root: Path) -> None:
+        ds = MMEarth(
+            mmearth_root, 'MMEarth64', split='val', modalities=['sentinel2', 'biome']
+        )
+        ds[0]
+        loader = DataLoader(
+            ds, batch_size=1, num_workers=2, multiprocessing_context='spawn'
+        )
+        ids = [b['tile_id'][0] for b in loader]
+        assert ids == [ds[i]['tile_id'] for i in range(len(ds))]
+
+    def test_close_and_reopen(self, mmearth_root: Path) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['lat'])
+        value = ds[0]['lat']
+        ds.close()
+        assert ds._h5 is None
+        assert torch.equal(ds[0]['lat'], value)
+
+
+def test_plot(mmearth_root: Path) -> None:
+    ds = MMEarth(mmearth_root, 'MMEarth64', modalities=ALL_MODALITIES)
+    fig = ds.plot(ds[0], suptitle='test')
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 9  # every pixel-level modality
+    raw_ds = MMEarth(
+        mmearth_root, 'MMEarth64', modalities=['sentinel2'], normalize=False
+    )
+    assert isinstance(raw_ds.plot(raw_ds[0], show_titles=False), Figure)
+
+
+def test_torchgeo_reads_the_test_data(mmearth_root: Path) -> None:
+    """The generated files follow the published format closely enough for TorchGeo."""
+    from torchgeo.datasets import MMEarth as TorchGeoMMEarth
+
+    for subset, size in SUBSETS.items():
+        sample = TorchGeoMMEarth(mmearth_root, subset=subset)[0]
+        assert sample['image_sentinel2'].shape == (13, size, size)

@@ -1,0 +1,93 @@
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from torchgeo_mmearth.datasets import MMEarth
+from torchgeo_mmearth.modalities import MODALITIES
+from torchgeo_mmearth.transforms import MMEarthNormalize
+
+
+def stats(**overrides: Any) -> dict[str, Any]:
+    entries: dict[str, Any] = {
+        'sentinel2_l1c': {'mean': [1000.0] * 13, 'std': [100.0] * 13},
+        'sentinel2_l2a': {'mean': [500.0] * 13, 'std': [50.0] * 13},
+        'aster': {'mean': [100.0, 10.0], 'std': [10.0, 5.0]},
+    }
+    entries.update(overrides)
+    return entries
+
+
+def test_sample_and_batch_agree(mmearth_root: Path) -> None:
+    ds = MMEarth(
+        mmearth_root, 'MMEarth64', modalities=list(MODALITIES), normalize=False
+    )
+    samples = [ds[i] for i in range(4)]
+    batch = ds.normalizer(default_collate(samples))
+    for i, sample in enumerate(samples):
+        one = ds.normalizer(sample)
+        for key, value in one.items():
+            if isinstance(value, torch.Tensor):
+                expected = batch[key][i]
+                assert torch.equal(value.isnan(), expected.isnan()), key
+                assert torch.equal(value.nan_to_num(), expected.nan_to_num()), key
+
+
+def test_per_tile_sentinel2_statistics() -> None:
+    normalize = MMEarthNormalize(stats(), {'sentinel2': ['B2', 'B3']})
+    x = torch.tensor([[[[1100]], [[0]]], [[[600]], [[550]]]], dtype=torch.uint16)
+    out = normalize({'image_sentinel2': x, 's2_type': torch.tensor([0, 1])})
+    expected = torch.tensor([[[[1.0]], [[math.nan]]], [[[2.0]], [[1.0]]]])
+    torch.testing.assert_close(out['image_sentinel2'], expected, equal_nan=True)
+
+
+def test_sentinel2_needs_the_tile_type() -> None:
+    normalize = MMEarthNormalize(stats(), {'sentinel2': ['B2']})
+    with pytest.raises(KeyError, match='s2_type'):
+        normalize({'image_sentinel2': torch.ones(1, 1, 1, dtype=torch.uint16)})
+
+
+def test_band_without_statistics_is_nodata() -> None:
+    nan_b10 = stats()
+    nan_b10['sentinel2_l2a'] = {
+        'mean': [500.0] * 10 + [math.nan] + [500.0] * 2,
+        'std': [50.0] * 10 + [math.nan] + [50.0] * 2,
+    }
+    normalize = MMEarthNormalize(nan_b10, {'sentinel2': ['B10']})
+    x = torch.full((2, 1, 1, 1), 20, dtype=torch.uint16)
+    out = normalize({'image_sentinel2': x, 's2_type': torch.tensor([0, 1])})[
+        'image_sentinel2'
+    ]
+    assert out[0].isfinite().all() and out[1].isnan().all()
+
+
+def test_class_maps_and_passthrough() -> None:
+    normalize = MMEarthNormalize({}, {'esa_worldcover': ['map'], 'biome': ['biome']})
+    esa = torch.tensor([[[10, 100, 0, 255, 15]]], dtype=torch.uint8)
+    out = normalize(
+        {'mask_esa_worldcover': esa, 'biome': torch.tensor(3), 'other': 'x'}
+    )
+    assert out['mask_esa_worldcover'].tolist() == [[[0, 10, -1, -1, -1]]]
+    assert out['biome'] == 3 and out['other'] == 'x'
+
+
+@pytest.mark.parametrize(
+    ('band_stats', 'message'),
+    [
+        ({}, r"no entry 'aster' for modality 'aster'; entries present: \[\]"),
+        (
+            {'aster': {'mean': [1.0], 'std': [1.0, 1.0]}},
+            "'aster' must list 2 'mean' values",
+        ),
+        (
+            {'aster': {'mean': [1.0, 1.0]}},
+            "'aster' must list 2 'std' values .* found no",
+        ),
+    ],
+)
+def test_statistics_errors(band_stats: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MMEarthNormalize(band_stats, {'aster': ['elevation']})

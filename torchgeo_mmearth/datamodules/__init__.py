@@ -1,0 +1,5 @@
+"""MMEarth datamodules."""
+
+from .mmearth import MMEarthDataModule
+
+__all__ = ('MMEarthDataModule',)

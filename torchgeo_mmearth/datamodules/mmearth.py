@@ -1,0 +1,182 @@
+"""MMEarth datamodule: raw tiles in the workers, normalisation and crops on the device."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchgeo.datamodules import NonGeoDataModule
+
+from ..datasets import MMEarth
+from ..transforms import MMEarthNormalize
+
+__all__ = ['MMEarthDataModule']
+
+#: Model input size of the published MP-MAE recipes, per stored tile size.
+_DEFAULT_INPUT_SIZE = {128: 112, 64: 56}
+
+
+class MMEarthDataModule(NonGeoDataModule):
+    """LightningDataModule for the :class:`~torchgeo_mmearth.datasets.MMEarth` corpora.
+
+    DataLoader workers return the raw stored values (uint16 Sentinel-2, uint8 class
+    codes, ...), so they move as few bytes as possible. After the batch reaches the
+    device, ``on_after_batch_transfer`` runs, all with Kornia-compatible modules:
+
+    1. :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`: no-data to NaN or
+       the ignore index, z-score with the corpus band statistics (this replaces
+       TorchGeo's default divide-by-255, which would corrupt MMEarth batches);
+    2. a crop to ``input_size`` that is identical across every pixel-level modality:
+       random per sample for training (offsets uniform in ``[0, S - input_size]``,
+       as MP-MAE pretraining), central for validation, test and prediction; exact
+       slicing, so class maps are never interpolated and NaN never spreads;
+    3. optionally random horizontal and vertical flips (training only).
+
+    Image-level entries (``era5``, ``biome``, ...) pass through untouched.
+
+    The datamodule works unchanged under distributed training: Lightning wraps the
+    loaders in a DistributedSampler, and each worker process opens its own HDF5
+    handle.
+    """
+
+    def __init__(
+        self,
+        root: str = 'data',
+        subset: str = 'MMEarth64',
+        modalities: Sequence[str] | None = None,
+        modality_bands: Mapping[str, Sequence[str]] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        input_size: int | None = None,
+        flips: bool = False,
+        train_split: str = 'train',
+        val_split: str | None = 'val',
+        test_split: str = 'test',
+        pin_memory: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new MMEarthDataModule instance.
+
+        Args:
+            root: directory that holds the subset folder.
+            subset: 'MMEarth', 'MMEarth64' or 'MMEarth100k'.
+            modalities: modalities to load; None loads the 12 MP-MAE pretext
+                modalities.
+            modality_bands: bands per modality (see
+                :class:`~torchgeo_mmearth.datasets.MMEarth`).
+            batch_size: size of each mini-batch.
+            num_workers: number of DataLoader worker processes.
+            input_size: side of the crop fed to the model; None uses the published
+                recipe (112 for 128 px tiles, 56 for 64 px tiles).
+            flips: add random horizontal and vertical flips during training.
+            train_split: split of the splits file used for training.
+            val_split: split used for validation; None, or an empty split (the
+                published corpora put every tile in 'train'), skips validation.
+            test_split: split used for testing and prediction.
+            pin_memory: pin host memory when a CUDA device is available.
+            **kwargs: additional keyword arguments passed to
+                :class:`~torchgeo_mmearth.datasets.MMEarth` (e.g. ``transforms``).
+
+        Raises:
+            ValueError: if *input_size* is not positive.
+        """
+        if input_size is not None and input_size <= 0:
+            raise ValueError(f'input_size must be positive, got {input_size}')
+        super().__init__(
+            MMEarth,
+            batch_size,
+            num_workers,
+            root=root,
+            subset=subset,
+            modalities=modalities,
+            modality_bands=modality_bands,
+            **kwargs,
+        )
+        self.input_size = input_size
+        self.flips = flips
+        self.train_split = train_split
+        self.val_split = val_split
+        self.test_split = test_split
+        self.pin_memory = pin_memory
+        self.normalizer: MMEarthNormalize | None = None
+        # Set in setup(), once the corpus statistics and tile size are known.
+        self.aug = None  # type: ignore[assignment]
+
+    def setup(self, stage: str) -> None:
+        """Set up datasets and the on-device augmentations.
+
+        Args:
+            stage: 'fit', 'validate', 'test' or 'predict'.
+        """
+        if stage == 'fit':
+            self.train_dataset = self._dataset(self.train_split)
+        if stage in ('fit', 'validate') and self.val_split is not None:
+            self.val_dataset = self._dataset(self.val_split)
+        if stage == 'test':
+            self.test_dataset = self._dataset(self.test_split)
+        if stage == 'predict':
+            self.predict_dataset = self._dataset(self.test_split)
+
+    def _dataset(self, split: str) -> MMEarth:
+        dataset = MMEarth(split=split, normalize=False, **self.kwargs)
+        if self.normalizer is None:
+            self._build_augmentations(dataset)
+        return dataset
+
+    def _build_augmentations(self, dataset: MMEarth) -> None:
+        tile_size = dataset.tile_size
+        size = self.input_size
+        if size is None:
+            size = _DEFAULT_INPUT_SIZE.get(tile_size or 0, tile_size)
+        if tile_size is not None and size is not None and size > tile_size:
+            raise ValueError(
+                f'input_size {size} exceeds the {tile_size} px tiles of {dataset.h5_path}'
+            )
+        self.normalizer = dataset.normalizer
+        train: list[K.GeometricAugmentationBase2D] = []
+        evaluation: list[K.GeometricAugmentationBase2D] = []
+        if size is not None and size != tile_size:
+            train.append(K.RandomCrop((size, size), cropping_mode='slice'))
+            evaluation.append(K.CenterCrop((size, size), cropping_mode='slice'))
+        if self.flips:
+            train += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
+        self.train_aug = _pipeline(self.normalizer, train)
+        self.aug = _pipeline(self.normalizer, evaluation)
+
+    def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
+        """TorchGeo's loader factory, with pinned memory for CUDA transfers."""
+        return DataLoader(
+            dataset=self._valid_attribute(f'{split}_dataset', 'dataset'),
+            batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),
+            shuffle=split == 'train',
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            drop_last=split == 'train',
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        """Return the validation loader, or none when there is no validation split.
+
+        Returns:
+            The validation DataLoader; an empty list (Lightning then skips
+            validation) when *val_split* is None or the split is empty.
+        """
+        if self.val_dataset is None or len(self.val_dataset) == 0:  # type: ignore[arg-type]
+            return []  # type: ignore[return-value]
+        return super().val_dataloader()
+
+
+def _pipeline(
+    normalizer: nn.Module, augmentations: list[K.GeometricAugmentationBase2D]
+) -> nn.Module:
+    """Normalisation followed by Kornia augmentations applied to every image_/mask_ key."""
+    if not augmentations:
+        return normalizer
+    return nn.Sequential(
+        normalizer,
+        K.AugmentationSequential(*augmentations, data_keys=None, keepdim=True),
+    )
