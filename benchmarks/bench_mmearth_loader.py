@@ -21,7 +21,6 @@ Synthetic data: the numbers measure reading speed only.
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -29,30 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from synthetic_corpus import DEFAULT_ROOT, ensure_corpus
 from torch.utils.data import DataLoader, Dataset
 from torchgeo.datasets import MMEarth as TorchGeoMMEarth
 
 from torchgeo_mmearth.datasets import MMEarth
 from torchgeo_mmearth.modalities import MODALITIES, SENTINEL2_INPUT_BANDS
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_corpus(root: Path, tiles: int) -> None:
-    """Write the synthetic MMEarth64 corpus unless it is already there."""
-    if (root / 'data_1M_v001_64' / 'data_1M_v001_64_tile_info.json').exists():
-        return
-    spec = importlib.util.spec_from_file_location(
-        'data', REPO / 'tests/data/mmearth/data.py'
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    print(f'writing {tiles} synthetic tiles to {root} ...', flush=True)
-    module.write_corpus(
-        root, 'MMEarth64', num_tiles=tiles, seed=1, splits=(1.0, 0.0, 0.0)
-    )
-
 
 Hook = Callable[[dict[str, Any]], Any]
 
@@ -88,15 +69,13 @@ def samples_per_second(
 def main() -> None:
     """Run the benchmark and print a table with ratios against TorchGeo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        '--root', type=Path, default=REPO / 'benchmarks/output/mmearth64'
-    )
+    parser.add_argument('--root', type=Path, default=DEFAULT_ROOT)
     parser.add_argument('--tiles', type=int, default=2000)
     parser.add_argument('--batches', type=int, default=30)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
-    write_corpus(args.root, args.tiles)
+    ensure_corpus(args.root, args.tiles)
     h5 = args.root / 'data_1M_v001_64' / 'data_1M_v001_64.h5'
     h5.read_bytes()  # both readers then start from the page cache
 

@@ -523,3 +523,43 @@ def test_torchgeo_reads_the_test_data(mmearth_root: Path) -> None:
     for subset, size in SUBSETS.items():
         sample = TorchGeoMMEarth(mmearth_root, subset=subset)[0]
         assert sample['image_sentinel2'].shape == (13, size, size)
+
+
+class TestCorpusFolders:
+    def test_any_corpus_folder(self, mmearth_root: Path, tmp_path: Path) -> None:
+        source = mmearth_root / 'data_1M_v001_64'
+        folder = tmp_path / 'data_my.corpus-1'
+        folder.mkdir()
+        for path in source.iterdir():
+            name = path.name.replace('data_1M_v001_64', 'data_my.corpus-1')
+            (folder / name).write_bytes(path.read_bytes())
+        ds = MMEarth(tmp_path, 'data_my.corpus-1', modalities=['sentinel2'])
+        reference = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2'])
+        assert ds.tile_size == 64 and len(ds) == len(reference)
+        assert torch.equal(
+            ds[0]['image_sentinel2'].nan_to_num(),
+            reference[0]['image_sentinel2'].nan_to_num(),
+        )
+
+    def test_missing_corpus_folder(self, tmp_path: Path) -> None:
+        with pytest.raises(DatasetNotFoundError, match=r'data_mine\.h5'):
+            MMEarth(tmp_path, 'data_mine')
+
+    @pytest.mark.parametrize('subset', ['mine', 'data_', 'data_../x', '../data_x'])
+    def test_invalid_folder_names(self, tmp_path: Path, subset: str) -> None:
+        with pytest.raises(
+            ValueError, match=r"or the name of a corpus folder 'data_<name>'"
+        ):
+            MMEarth(tmp_path, subset)
+
+    def test_demo_subset(self, tmp_path: Path) -> None:
+        from torchgeo_mmearth.datasets import DEMO_ROOT
+
+        assert MMEarth.subsets['MMEarthDemo'] == 'data_bigearthnet_demo'
+        assert (
+            DEMO_ROOT / 'data_bigearthnet_demo' / 'data_bigearthnet_demo.h5'
+        ).is_file()
+        ds = MMEarth(
+            tmp_path, 'MMEarthDemo', 'val', modalities=['sentinel2', 'sentinel1']
+        )
+        assert ds.root == DEMO_ROOT and len(ds) == 8

@@ -1,5 +1,5 @@
 """MMEarth datasets."""
 
-from .mmearth import MMEarth
+from .mmearth import DEMO_ROOT, MMEarth
 
-__all__ = ('MMEarth',)
+__all__ = ('DEMO_ROOT', 'MMEarth')

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,14 @@ from ..modalities import (
 )
 from ..transforms import MMEarthNormalize
 
-__all__ = ['MMEarth']
+__all__ = ['DEMO_ROOT', 'MMEarth']
+
+#: Folder holding the demo corpus packaged with torchgeo-mmearth (subset
+#: ``'MMEarthDemo'``): 56 tiles of real BigEarthNet Sentinel-2 and Sentinel-1.
+DEMO_ROOT = Path(__file__).resolve().parents[1] / 'data' / 'demo'
+
+# Folder names of corpora written by the corpus builder (and of the published ones).
+_CORPUS_FOLDER = re.compile(r'data_[A-Za-z0-9][A-Za-z0-9._-]*')
 
 Sample = dict[str, Any]
 
@@ -126,9 +134,15 @@ class MMEarth(NonGeoDataset):
     * ``MMEarth``: ``data_1M_v001``, 1.2 M tiles of 128 x 128 px at 10 m
     * ``MMEarth64``: ``data_1M_v001_64``, the same tiles center-cropped to 64 x 64 px
     * ``MMEarth100k``: ``data_100k_v001``, 100 k tiles of 128 x 128 px
+    * ``MMEarthDemo``: ``data_bigearthnet_demo``, 56 tiles of 64 x 64 px of real
+      BigEarthNet Sentinel-2 L2A and Sentinel-1, packaged with torchgeo-mmearth
+      (read from :data:`DEMO_ROOT` unless *root* holds the folder)
+    * any corpus folder name ``data_<name>`` under *root*, such as those written
+      by :func:`torchgeo_mmearth.corpus.build_corpus`
 
     Each folder holds ``<folder>.h5`` and the ``_band_stats.json``, ``_splits.json``
-    and ``_tile_info.json`` files, as published.
+    and ``_tile_info.json`` files, as published. The tile size is read from the file
+    (:attr:`tile_size`).
 
     Samples follow TorchGeo/Kornia key conventions: ``image_<modality>`` for
     continuous rasters (``(C, H, W)``), ``mask_<modality>`` for class maps
@@ -163,6 +177,7 @@ class MMEarth(NonGeoDataset):
         'MMEarth': 'data_1M_v001',
         'MMEarth64': 'data_1M_v001_64',
         'MMEarth100k': 'data_100k_v001',
+        'MMEarthDemo': 'data_bigearthnet_demo',
     }
     splits = ('train', 'val', 'test')
 
@@ -180,7 +195,8 @@ class MMEarth(NonGeoDataset):
 
         Args:
             root: directory that holds the subset folder.
-            subset: 'MMEarth', 'MMEarth64' or 'MMEarth100k'.
+            subset: 'MMEarth', 'MMEarth64', 'MMEarth100k', 'MMEarthDemo', or the
+                name of a corpus folder ``data_<name>`` under *root*.
             split: 'train', 'val' or 'test', as listed in the splits file.
             modalities: modalities to load; None loads the 12 pretext modalities of
                 MP-MAE (:data:`~torchgeo_mmearth.modalities.PRETEXT_MODALITIES`).
@@ -200,12 +216,20 @@ class MMEarth(NonGeoDataset):
                 the HDF5 file.
             OSError: if the HDF5 file is corrupt or truncated.
         """
-        if subset not in self.subsets:
-            raise ValueError(
-                f'Unknown subset {subset!r}; valid subsets are {list(self.subsets)}'
-            )
+        folder = self.subsets.get(subset)
+        if folder is None:
+            if not _CORPUS_FOLDER.fullmatch(subset):
+                raise ValueError(
+                    f'Unknown subset {subset!r}; valid subsets are '
+                    f'{list(self.subsets)}, or the name of a corpus folder '
+                    "'data_<name>' under root"
+                )
+            folder = subset
         if split not in self.splits:
             raise ValueError(f'Unknown split {split!r}; valid splits are {self.splits}')
+        if subset == 'MMEarthDemo' and not (Path(root) / folder).is_dir():
+            # The demo corpus ships inside the package: usable with any root.
+            root = DEMO_ROOT
         self.root = root
         self.subset = subset
         self.split = split
@@ -214,8 +238,8 @@ class MMEarth(NonGeoDataset):
         self.normalize = normalize
         self.transforms = transforms
 
-        self.directory = Path(root) / self.subsets[subset]
-        stem = self.directory / self.subsets[subset]
+        self.directory = Path(root) / folder
+        stem = self.directory / folder
         self.h5_path = stem.with_name(stem.name + '.h5')
         self.stats_path = stem.with_name(stem.name + '_band_stats.json')
         self.splits_path = stem.with_name(stem.name + '_splits.json')

@@ -1,34 +1,117 @@
 """MMEarth models: the ConvNeXt V2 encoder for timm, smp and TorchGeo, and MP-MAE.
 
 Importing this package registers the ``mmearth_convnextv2_*`` models with timm
-(``timm.create_model``, TorchGeo's ``ClassificationTask``) and as encoders with
+(``timm.create_model``, TorchGeo's ``ClassificationTask``), as encoders with
 segmentation-models-pytorch (``smp.Unet``, TorchGeo's
-``SemanticSegmentationTask``).
+``SemanticSegmentationTask``), and the architectures of the official MP-MAE
+checkpoints with TorchGeo's model API together with :class:`MMEarthWeights`
+(``torchgeo.models.get_model``, ``get_weight('MMEarthWeights.S2_MP_MAE')``,
+``list_models``, and ``weights: MMEarthWeights.S2_MP_MAE`` in YAML configs).
+If you use these models, please cite https://arxiv.org/abs/2405.02771.
 """
 
+from .checkpoints import (
+    OFFICIAL_CHECKPOINTS,
+    OfficialCheckpoint,
+    UnsafeCheckpointError,
+    load_checkpoint,
+)
 from .masked_encoder import masked_forward, random_patch_mask, upsample_mask
 from .mmearth_convnextv2 import (
     MMEARTH_CONVNEXTV2_SIZES,
     PATCH_SIZES,
     MMEarthConvNeXtV2,
     checkpoint_filter_fn,
+    mmearth_convnextv2_atto,
+    mmearth_convnextv2_atto_p8,
+    mmearth_convnextv2_atto_p16,
+    mmearth_convnextv2_base,
+    mmearth_convnextv2_base_p8,
+    mmearth_convnextv2_base_p16,
+    mmearth_convnextv2_femto,
+    mmearth_convnextv2_femto_p8,
+    mmearth_convnextv2_femto_p16,
+    mmearth_convnextv2_huge,
+    mmearth_convnextv2_huge_p8,
+    mmearth_convnextv2_huge_p16,
+    mmearth_convnextv2_large,
+    mmearth_convnextv2_large_p8,
+    mmearth_convnextv2_large_p16,
+    mmearth_convnextv2_nano,
+    mmearth_convnextv2_nano_p8,
+    mmearth_convnextv2_nano_p16,
+    mmearth_convnextv2_pico,
+    mmearth_convnextv2_pico_p8,
+    mmearth_convnextv2_pico_p16,
+    mmearth_convnextv2_tiny,
+    mmearth_convnextv2_tiny_p8,
+    mmearth_convnextv2_tiny_p16,
 )
 from .mmearth_unet import MMEarthUNet
 from .mpmae import MPMAE, MPMAEOutput
 from .mpmae_decoder import MultiPretextDecoder
 from .smp_encoder import MMEarthConvNeXtV2Encoder
+from .weights import (
+    MMEARTH_S2_BAND_STATS,
+    SO2SAT_FILL,
+    BandRemap,
+    MMEarthS2Normalize,
+    MMEarthWeights,
+    _register_with_torchgeo,
+    canonical_band_name,
+    convert_checkpoint,
+    remap_bands,
+)
+
+_register_with_torchgeo()
 
 __all__ = (
     'MMEARTH_CONVNEXTV2_SIZES',
+    'MMEARTH_S2_BAND_STATS',
     'MPMAE',
+    'OFFICIAL_CHECKPOINTS',
     'PATCH_SIZES',
+    'SO2SAT_FILL',
+    'BandRemap',
     'MMEarthConvNeXtV2',
     'MMEarthConvNeXtV2Encoder',
+    'MMEarthS2Normalize',
     'MMEarthUNet',
+    'MMEarthWeights',
     'MPMAEOutput',
     'MultiPretextDecoder',
+    'OfficialCheckpoint',
+    'UnsafeCheckpointError',
+    'canonical_band_name',
     'checkpoint_filter_fn',
+    'convert_checkpoint',
+    'load_checkpoint',
     'masked_forward',
+    'mmearth_convnextv2_atto',
+    'mmearth_convnextv2_atto_p8',
+    'mmearth_convnextv2_atto_p16',
+    'mmearth_convnextv2_base',
+    'mmearth_convnextv2_base_p8',
+    'mmearth_convnextv2_base_p16',
+    'mmearth_convnextv2_femto',
+    'mmearth_convnextv2_femto_p8',
+    'mmearth_convnextv2_femto_p16',
+    'mmearth_convnextv2_huge',
+    'mmearth_convnextv2_huge_p8',
+    'mmearth_convnextv2_huge_p16',
+    'mmearth_convnextv2_large',
+    'mmearth_convnextv2_large_p8',
+    'mmearth_convnextv2_large_p16',
+    'mmearth_convnextv2_nano',
+    'mmearth_convnextv2_nano_p8',
+    'mmearth_convnextv2_nano_p16',
+    'mmearth_convnextv2_pico',
+    'mmearth_convnextv2_pico_p8',
+    'mmearth_convnextv2_pico_p16',
+    'mmearth_convnextv2_tiny',
+    'mmearth_convnextv2_tiny_p8',
+    'mmearth_convnextv2_tiny_p16',
     'random_patch_mask',
+    'remap_bands',
     'upsample_mask',
 )

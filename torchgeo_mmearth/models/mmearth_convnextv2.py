@@ -17,14 +17,32 @@ nano, tiny, base, large, huge):
 
 :func:`checkpoint_filter_fn` converts the official MP-MAE checkpoints (sparse
 MinkowskiEngine keys) and their dense conversions to this model's keys.
+
+The official checkpoints are timm pretrained tags of the architecture they fit
+(``mmearth_convnextv2_atto.s2_mp_mae`` is the default of
+``mmearth_convnextv2_atto``; every tag is the lower-cased name of its
+:class:`~torchgeo_mmearth.models.MMEarthWeights` member)::
+
+    timm.create_model('mmearth_convnextv2_atto.s2_mp_mae', pretrained=True)
+    timm.create_model(
+        'mmearth_convnextv2_atto.s2_mp_mae',
+        pretrained=True,
+        pretrained_cfg_overlay={'file': 'checkpoint-199.pth'},  # a local copy
+    )
+
+Every entry point also takes TorchGeo-style weights::
+
+    mmearth_convnextv2_atto(weights=MMEarthWeights.S2_MP_MAE)
 """
 
+import contextlib
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +57,14 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from torch import Tensor, nn
+from torchvision.models._api import WeightsEnum
+
+from .checkpoints import (
+    OFFICIAL_CHECKPOINTS,
+    OfficialCheckpoint,
+    load_checkpoint,
+    safe_globals,
+)
 
 # A list, not a tuple: timm's register_model appends every entry point to it.
 __all__ = [
@@ -65,11 +91,20 @@ MMEARTH_CONVNEXTV2_SIZES: dict[
 #: Patch sizes (total encoder strides) of the published MP-MAE configurations.
 PATCH_SIZES = (8, 16)
 
+#: What the ``weights`` argument of the entry points accepts: an
+#: :class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name
+#: (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint.
+WeightsArg: TypeAlias = 'WeightsEnum | str | os.PathLike[str] | None'
+
 # Every LayerNorm of the MP-MAE encoder uses eps 1e-6.
 _norm_layer = partial(LayerNorm2d, eps=1e-6)
 _norm_layer_cl = partial(LayerNorm, eps=1e-6)
 
 _GLOBAL_POOLS = ('avg', '')
+# First key components of every accepted encoder format (before any prefix).
+_TOP_LEVEL_KEYS = frozenset(
+    ('encoder', 'stem', 'stages', 'norm', 'head', 'initial_conv', 'downsample_layers')
+)
 _CLASSIFIER_PREFIXES = ('norm.', 'head.')
 
 
@@ -422,6 +457,24 @@ class MMEarthConvNeXtV2(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load a checkpoint in any format of :func:`checkpoint_filter_fn`.
+
+        timm calls this for the pretrained tags of the official checkpoints
+        (``custom_load``). The file is read with
+        :func:`~torchgeo_mmearth.models.load_checkpoint`, which refuses pickles
+        that could run code.
+
+        Args:
+            checkpoint_path: local path of the checkpoint.
+
+        Raises:
+            ValueError: if the checkpoint does not fit this model (other
+                architecture, input bands or patch size).
+        """
+        checkpoint = load_checkpoint(checkpoint_path)
+        self.load_state_dict(checkpoint_filter_fn(checkpoint, self), strict=False)
+
 
 # Stem and stage keys (after the sparse-to-dense step) of the MMEarth models:
 # FCMAE's encoder, the dense ConvNeXtV2 classifier and the dense UNet.
@@ -537,7 +590,12 @@ def checkpoint_filter_fn(
       by MMEarth's ``remap_checkpoint_keys`` or its dense models;
     * this model's own keys, with or without ``norm`` and ``head``, possibly under
       ``encoder.`` (the state dict of
-      :class:`~torchgeo_mmearth.models.MMEarthUNet` or of an ``smp.Unet``).
+      :class:`~torchgeo_mmearth.models.MMEarthUNet`, of an ``smp.Unet`` or of
+      :class:`~torchgeo_mmearth.models.MPMAE`);
+    * any of these under ``'state_dict'``: the exports of ``torchgeo-mmearth
+      export-weights`` (``{'state_dict': ..., 'meta': ...}``) and Lightning
+      checkpoints, whose network keys are prefixed ``model.`` (TorchGeo tasks
+      keep it in ``self.model``; other entries are dropped).
 
     ``norm`` and ``head`` entries are kept when *model* has them with the same
     shape, dropped silently when it has none (a backbone) and dropped with a
@@ -564,7 +622,20 @@ def checkpoint_filter_fn(
     """
     if isinstance(state_dict.get('model'), Mapping):
         state_dict = state_dict['model']
+    elif isinstance(state_dict.get('state_dict'), Mapping):
+        # torchgeo-mmearth export ({'state_dict', 'meta'}) or Lightning checkpoint.
+        state_dict = state_dict['state_dict']
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
+    if not any(k.split('.')[0] in _TOP_LEVEL_KEYS for k in tensors) and any(
+        k.startswith('model.') for k in tensors
+    ):
+        # A TorchGeo task (MPMAETask, ClassificationTask) keeps the network in
+        # self.model; its decoder and loss live elsewhere.
+        tensors = {
+            k.removeprefix('model.'): v
+            for k, v in tensors.items()
+            if k.startswith('model.')
+        }
     if any(k.split('.')[0] == 'encoder' for k in tensors):
         # A whole FCMAE or UNet: keep the encoder.
         tensors = {
@@ -657,18 +728,18 @@ def _check_shape(key: str, found: torch.Size, wanted: torch.Size) -> None:
     raise ValueError(message)
 
 
-def _cfg(patch_size: int) -> dict[str, Any]:
+def _cfg(patch_size: int, in_chans: int = 12) -> dict[str, Any]:
     size = 7 * patch_size  # the 7 x 7 patch grid of pretraining
     return {
         'url': '',
         'num_classes': 0,
-        'input_size': (12, size, size),
+        'input_size': (in_chans, size, size),
         'pool_size': (7, 7),
         'crop_pct': 1.0,
         'interpolation': 'bilinear',
         # Inputs are z-scored per band (MMEarth or downstream statistics).
-        'mean': (0.0,) * 12,
-        'std': (1.0,) * 12,
+        'mean': (0.0,) * in_chans,
+        'std': (1.0,) * in_chans,
         'first_conv': 'stem.0',
         'classifier': 'head',
         'origin_url': 'https://github.com/vishalned/MMEarth-train',
@@ -682,35 +753,185 @@ def _cfg(patch_size: int) -> dict[str, Any]:
     }
 
 
+def _official_cfg(checkpoint: OfficialCheckpoint) -> dict[str, Any]:
+    """Pretrained configuration of an official MP-MAE checkpoint."""
+    cfg = _cfg(checkpoint.patch_size, checkpoint.in_chans)
+    cfg.update(
+        # (url, cache file name): every official file is called checkpoint-199.pth.
+        url=(checkpoint.url, checkpoint.file_name),
+        # The official pickle needs the allow-list of load_checkpoint and the
+        # sparse-to-dense conversion: MMEarthConvNeXtV2.load_pretrained does both.
+        custom_load=True,
+        license='unspecified',
+        description=(
+            f'MP-MAE pretraining checkpoint {checkpoint.folder}: '
+            f'{", ".join(checkpoint.bands)} in, {checkpoint.outputs} out, '
+            f'{checkpoint.dataset}, {checkpoint.loss} loss weighting, '
+            f'{checkpoint.input_size} px input, patch size {checkpoint.patch_size}.'
+        ),
+        notes=(
+            (
+                f'Input: z-scored Sentinel-2 {", ".join(checkpoint.bands)} (in this '
+                f'order), see MMEarthWeights.{checkpoint.name}.transforms.'
+            ),
+            'Load the official MP-MAE checkpoints with checkpoint_filter_fn.',
+        ),
+    )
+    return cfg
+
+
+def _official_architectures(checkpoint: OfficialCheckpoint) -> tuple[str, ...]:
+    """Entry points that fit a checkpoint: its model, and the _p8 alias of a P=8 one."""
+    if checkpoint.patch_size == 8:
+        return checkpoint.model, f'{checkpoint.model}_p8'
+    return (checkpoint.model,)
+
+
 default_cfgs = generate_default_cfgs(
     {
-        f'mmearth_convnextv2_{size}{suffix}': _cfg(patch_size)
-        for size in MMEARTH_CONVNEXTV2_SIZES
-        for suffix, patch_size in (('', 8), ('_p8', 8), ('_p16', 16))
+        # Tagged entries first, headline first: the first tag with weights is the
+        # default of its architecture (pretrained=True without a tag).
+        **{
+            f'{model}.{checkpoint.tag}': _official_cfg(checkpoint)
+            for checkpoint in OFFICIAL_CHECKPOINTS
+            for model in _official_architectures(checkpoint)
+        },
+        **{
+            f'mmearth_convnextv2_{size}{suffix}': _cfg(patch_size)
+            for size in MMEARTH_CONVNEXTV2_SIZES
+            for suffix, patch_size in (('', 8), ('_p8', 8), ('_p16', 16))
+        },
     }
 )
 
+_MODEL_NAME = re.compile(r'mmearth_convnextv2_([a-z]+?)(?:_p(8|16))?')
+
+
+def _weights_architecture(weights: Any) -> tuple[str, int, int, str]:
+    """Size, patch size, input bands and description of an MMEarthWeights member."""
+    meta = weights.meta
+    match = _MODEL_NAME.fullmatch(str(meta.get('model', '')))
+    if match is None or match[1] not in MMEARTH_CONVNEXTV2_SIZES:
+        raise ValueError(
+            f'{weights!r} is not for an MMEarth ConvNeXt V2: its '
+            f"meta['model'] is {meta.get('model')!r}"
+        )
+    patch_size = int(meta.get('patch_size') or match[2] or 8)
+    return match[1], patch_size, int(meta['in_chans']), f'{weights!r}'
+
+
+def _resolve_weights(weights: Any) -> Any:
+    """Turn ``'MMEarthWeights.X'`` into the enum member; return anything else."""
+    if (
+        isinstance(weights, str)
+        # 'MMEarthWeights.S2_MP_MAE', not 'checkpoint.pth'
+        and re.fullmatch(r'[A-Za-z_]\w*Weights\.[A-Za-z_]\w*', weights)
+        and not os.path.exists(weights)
+    ):
+        from torchgeo.models.api import get_weight
+
+        return get_weight(weights)
+    return weights
+
 
 def _create(
-    size: str, fixed_patch_size: int | None, pretrained: bool, **kwargs: Any
+    size: str,
+    fixed_patch_size: int | None,
+    pretrained: Any,
+    weights: Any = None,
+    **kwargs: Any,
 ) -> MMEarthConvNeXtV2:
     """Build a registered model with its pretrained configuration.
 
     Args:
         size: one of :data:`MMEARTH_CONVNEXTV2_SIZES`.
         fixed_patch_size: patch size of a ``_p8``/``_p16`` entry point, None for
-            the plain one (patch size 8 unless ``patch_size`` is given).
-        pretrained: load the pretrained weights of the configuration.
+            the plain one (patch size 8 unless ``patch_size`` or *weights* say
+            otherwise).
+        pretrained: load the weights of the timm pretrained tag (see
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` for the tags). A
+            weights enum member given here (TorchGeo's positional convention)
+            is taken as *weights*.
+        weights: weights to load, TorchGeo style: an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint
+            in a format of :func:`checkpoint_filter_fn` (official MP-MAE,
+            ``torchgeo-mmearth export-weights``, Lightning). The model then takes
+            the weights' input bands and patch size.
         **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
 
     Returns:
         The model.
 
     Raises:
-        ValueError: for an unsupported patch size, or one that contradicts the
-            entry point.
+        ValueError: for an unsupported patch size, one that contradicts the entry
+            point, weights of another architecture, or an ``in_chans`` or
+            ``patch_size`` that contradicts the weights.
     """
     name = f'mmearth_convnextv2_{size}'
+    if isinstance(pretrained, WeightsEnum):
+        if weights is not None:
+            raise ValueError(
+                f'{name}: weights given twice, {pretrained!r} and {weights!r}'
+            )
+        pretrained, weights = False, pretrained
+    weights = _resolve_weights(weights)
+    export_meta: Mapping[str, Any] = {}
+    checkpoint: Any = None
+    if weights is not None:
+        if pretrained:
+            raise ValueError(
+                f'{name}: pass either pretrained=True (the timm pretrained tag) or '
+                f'weights={weights!r}, not both'
+            )
+        w_patch: int | None = None
+        w_in_chans: int | None = None
+        if isinstance(weights, WeightsEnum):
+            w_size, w_patch, w_in_chans, what = _weights_architecture(weights)
+            if w_size != size:
+                entry = (
+                    name if fixed_patch_size is None else f'{name}_p{fixed_patch_size}'
+                )
+                raise ValueError(
+                    f'{what} are for {weights.meta["model"]} (ConvNeXt V2 {w_size}), '
+                    f'not for {entry}'
+                )
+        else:
+            # A checkpoint file: an export says its bands and patch size, other
+            # formats are checked by checkpoint_filter_fn against the model.
+            checkpoint = load_checkpoint(weights)
+            if isinstance(checkpoint, Mapping) and isinstance(
+                checkpoint.get('meta'), Mapping
+            ):
+                export_meta = checkpoint['meta']
+            if export_meta.get('patch_size'):
+                w_patch = int(export_meta['patch_size'])
+            if export_meta.get('in_chans'):
+                w_in_chans = int(export_meta['in_chans'])
+            what = f'the weights {weights!r}'
+        if w_patch is not None:
+            if fixed_patch_size is not None and w_patch != fixed_patch_size:
+                raise ValueError(
+                    f'{what} have patch size {w_patch}, {name}_p{fixed_patch_size} '
+                    f'has {fixed_patch_size}; use {name}_p{w_patch} or {name}'
+                )
+            if kwargs.setdefault('patch_size', w_patch) != w_patch:
+                raise ValueError(
+                    f'{what} have patch size {w_patch}, got '
+                    f'patch_size={kwargs["patch_size"]}'
+                )
+        if w_in_chans is not None and (
+            kwargs.setdefault('in_chans', w_in_chans) != w_in_chans
+        ):
+            raise ValueError(
+                f'{what} were pretrained on {w_in_chans} input bands'
+                f'{_bands_note(weights, export_meta)}, got '
+                f'in_chans={kwargs["in_chans"]}; reorder or select the input bands '
+                'with torchgeo_mmearth.models.remap_bands / BandRemap, or build the '
+                'model without weights and load them with TorchGeo, which '
+                're-initialises the first convolution'
+            )
+
     patch_size = kwargs.pop('patch_size', fixed_patch_size or 8)
     _check_patch_size(patch_size)
     if fixed_patch_size is not None and patch_size != fixed_patch_size:
@@ -721,208 +942,525 @@ def _create(
     plain = fixed_patch_size is None and patch_size == 8
     variant = name if plain else f'{name}_p{patch_size}'
     depths, dims = MMEARTH_CONVNEXTV2_SIZES[size]
-    return build_model_with_cfg(
-        MMEarthConvNeXtV2,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # Pretraining checkpoints have no norm and head; the filter checks the rest.
-        pretrained_strict=False,
-        feature_cfg={'out_indices': (0, 1, 2, 3), 'flatten_sequential': True},
-        depths=depths,
-        dims=dims,
-        patch_size=patch_size,
-        **kwargs,
-    )
+    state_dict: Any = None
+    if weights is not None:
+        if isinstance(weights, WeightsEnum):
+            state_dict = weights.get_state_dict(progress=True)
+        else:
+            state_dict = checkpoint
+    features_only = bool(kwargs.get('features_only'))
+    if state_dict is not None and features_only:
+        # A feature wrapper renames the parameters: let timm load the weights
+        # into the model before it wraps it.
+        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+        kwargs['pretrained_cfg_overlay'] = {**overlay, 'state_dict': state_dict}
+        pretrained = True
+    # timm loads a pretrained file with weights_only=True: allow the plain-data
+    # types of the official pickles while it does.
+    with safe_globals() if pretrained else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            MMEarthConvNeXtV2,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            # Pretraining checkpoints have no norm and head; the filter checks
+            # the rest.
+            pretrained_strict=False,
+            feature_cfg={'out_indices': (0, 1, 2, 3), 'flatten_sequential': True},
+            depths=depths,
+            dims=dims,
+            patch_size=patch_size,
+            **kwargs,
+        )
+    if state_dict is not None and features_only:
+        # No second copy of the weights in the model's configuration.
+        cast(dict[str, Any], model.pretrained_cfg)['state_dict'] = None
+    elif state_dict is not None:
+        model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=False)
+    return model
+
+
+def _bands_note(weights: Any, export_meta: Mapping[str, Any]) -> str:
+    bands = weights.meta.get('bands') if isinstance(weights, WeightsEnum) else None
+    bands = bands or export_meta.get('bands')
+    return f' ({", ".join(bands)})' if bands else ''
 
 
 @register_model
 def mmearth_convnextv2_atto(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, patch size 8 (or ``patch_size=16``)."""
-    return _create('atto', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 atto, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('atto', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_atto_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('atto', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 atto, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('atto', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_atto_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('atto', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 atto, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('atto', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_femto(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 femto, patch size 8 (or ``patch_size=16``)."""
-    return _create('femto', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 femto, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('femto', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_femto_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 femto, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('femto', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 femto, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('femto', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_femto_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 femto, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('femto', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 femto, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('femto', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_pico(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 pico, patch size 8 (or ``patch_size=16``)."""
-    return _create('pico', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 pico, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('pico', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_pico_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 pico, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('pico', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 pico, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('pico', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_pico_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 pico, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('pico', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 pico, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('pico', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_nano(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 nano, patch size 8 (or ``patch_size=16``)."""
-    return _create('nano', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 nano, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('nano', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_nano_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 nano, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('nano', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 nano, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('nano', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_nano_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 nano, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('nano', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 nano, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('nano', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_tiny(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 tiny, patch size 8 (or ``patch_size=16``)."""
-    return _create('tiny', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 tiny, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('tiny', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_tiny_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 tiny, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('tiny', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 tiny, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('tiny', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_tiny_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 tiny, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('tiny', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 tiny, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('tiny', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_base(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 base, patch size 8 (or ``patch_size=16``)."""
-    return _create('base', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 base, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('base', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_base_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 base, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('base', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 base, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('base', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_base_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 base, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('base', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 base, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('base', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_large(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 large, patch size 8 (or ``patch_size=16``)."""
-    return _create('large', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 large, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('large', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_large_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 large, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('large', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 large, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('large', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_large_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 large, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('large', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 large, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('large', 16, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_huge(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 huge, patch size 8 (or ``patch_size=16``)."""
-    return _create('huge', None, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 huge, patch size 8 (16 by ``patch_size`` or *weights*).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('huge', None, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_huge_p8(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 huge, patch size 8 (56 px MMEarth64 pretraining)."""
-    return _create('huge', 8, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 huge, patch size 8 (56 px MMEarth64 pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('huge', 8, pretrained, weights, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_huge_p16(
-    pretrained: bool = False, **kwargs: Any
+    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 huge, patch size 16 (112 px MMEarth pretraining)."""
-    return _create('huge', 16, pretrained, **kwargs)
+    """MMEarth ConvNeXt V2 huge, patch size 16 (112 px MMEarth pretraining).
+
+    Args:
+        pretrained: load the weights of the timm pretrained tag (timm style).
+        weights: weights to load (TorchGeo style): an
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
+            the model takes their input bands and patch size.
+        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
+
+    Returns:
+        The model.
+    """
+    return _create('huge', 16, pretrained, weights, **kwargs)

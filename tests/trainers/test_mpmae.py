@@ -1,0 +1,340 @@
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning
+import pytest
+import timm
+import torch
+import torchgeo.main
+import yaml
+from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from matplotlib.figure import Figure
+from torchgeo.trainers import ClassificationTask
+
+from torchgeo_mmearth.datamodules import MMEarthDataModule
+from torchgeo_mmearth.main import export_weights, main
+from torchgeo_mmearth.trainers import MPMAETask
+from torchgeo_mmearth.trainers.mpmae import plot_reconstruction
+
+CONF = Path(__file__).parents[1] / 'conf'
+EXAMPLES = Path(__file__).parents[2] / 'examples' / 'conf'
+
+
+def small_task(**kwargs: Any) -> MPMAETask:
+    kwargs = {
+        'decoder_dim': 32,
+        'warmup_epochs': 0.5,
+        'plot_every_n_steps': None,
+        **kwargs,
+    }
+    return MPMAETask(**kwargs)
+
+
+def datamodule(root: Path, **kwargs: Any) -> MMEarthDataModule:
+    return MMEarthDataModule(
+        root=str(root), subset='MMEarth64', **{'batch_size': 2, **kwargs}
+    )
+
+
+def trainer(tmp_path: Path, **kwargs: Any) -> Trainer:
+    kwargs = {
+        'accelerator': 'cpu',
+        'max_epochs': 1,
+        'default_root_dir': tmp_path,
+        'logger': False,
+        'enable_progress_bar': False,
+        'limit_val_batches': 0,
+        'log_every_n_steps': 1,
+        **kwargs,
+    }
+    return Trainer(**kwargs)
+
+
+def cli_args(config: Path, root: Path, tmp_path: Path) -> list[str]:
+    return [
+        'fit',
+        '--config',
+        str(config),
+        '--data.init_args.root',
+        str(root),
+        '--trainer.accelerator',
+        'cpu',
+        '--trainer.fast_dev_run',
+        '1',
+        '--trainer.default_root_dir',
+        str(tmp_path),
+    ]
+
+
+class TestCLI:
+    def test_torchgeo_fit_with_full_class_paths(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        torchgeo.main.main(cli_args(CONF / 'mpmae.yaml', mmearth_root, tmp_path))
+
+    def test_plugin_command_with_short_names(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        assert (
+            main(cli_args(CONF / 'mpmae_short_names.yaml', mmearth_root, tmp_path)) == 0
+        )
+
+    @pytest.mark.parametrize(
+        'config', sorted(EXAMPLES.glob('*.yaml')), ids=lambda p: p.stem
+    )
+    def test_example_configs(self, config: Path) -> None:
+        spec = yaml.safe_load(config.read_text())
+        assert spec['model']['class_path'] == 'torchgeo_mmearth.trainers.MPMAETask'
+        task = MPMAETask(**spec['model']['init_args'])
+        data = spec['data']['init_args']
+        assert data.get('input_size', 56) == task.hparams['input_size']
+        MMEarthDataModule(**data)
+        with pytest.raises(SystemExit):
+            main(['fit', '--config', str(config), '--print_config'])
+
+
+class TestTraining:
+    def test_logs_and_figure(
+        self, mmearth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        task = small_task(plot_every_n_steps=1)
+        run = trainer(
+            tmp_path,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            logger=lightning.pytorch.loggers.TensorBoardLogger(tmp_path),
+        )
+        run.fit(task, datamodule(mmearth_root))
+        metrics = run.callback_metrics
+        for key in (
+            'train_loss',
+            'val_loss',
+            'train_feature_std',
+            'lr',
+            'train_valid_sentinel1',
+            'train_loss_biome',
+            'train_log_var_esa_worldcover',
+        ):
+            assert key in metrics, key
+        assert 0 < metrics['train_feature_std'] < 1
+        out = capsys.readouterr().out
+        assert 'MP-MAE checkpoint:' in out and 'Reconstruction figure:' in out
+        figure = Path(out.split('Reconstruction figure: ')[1].split()[0])
+        assert figure.is_file()
+        events = list(Path(run.log_dir or '').glob('events.out.tfevents*'))
+        assert events and events[0].stat().st_size > 10_000  # holds the figures
+
+    def test_plot_reconstruction(self, mmearth_root: Path) -> None:
+        dm = datamodule(mmearth_root)
+        dm.setup('fit')
+        batch = dm.train_aug(next(iter(dm.train_dataloader())))  # type: ignore[misc]
+        task = small_task()
+        figure = plot_reconstruction(batch, task(batch), task.mpmae.tasks, 8)
+        assert isinstance(figure, Figure)
+        assert len(figure.axes) == 2 + 2 * 6  # input, visible, 6 pixel-level tasks
+
+    def test_nan_loss_stops_with_the_step_and_task(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        task = small_task()
+        with torch.no_grad():
+            task.mpmae.decoder.heads['aster'].bias.fill_(math.nan)
+        with pytest.raises(
+            FloatingPointError,
+            match=r"at step 0; tasks with a non-finite loss: \['aster'\]",
+        ):
+            trainer(tmp_path, limit_train_batches=1).fit(task, datamodule(mmearth_root))
+
+    def test_wrong_input_size(self, mmearth_root: Path, tmp_path: Path) -> None:
+        with pytest.raises(
+            ValueError, match=r'image_sentinel2 of shape \(B, 12, 112, 112\)'
+        ):
+            trainer(tmp_path, limit_train_batches=1).fit(
+                small_task(
+                    model='mmearth_convnextv2_atto_p16', patch_size=16, input_size=112
+                ),
+                datamodule(mmearth_root),
+            )
+
+    def test_bad_arguments(self) -> None:
+        with pytest.raises(
+            ValueError, match='input_size 60 must be a multiple of patch_size 8'
+        ):
+            small_task(input_size=60)
+        with pytest.raises(ValueError, match="Unknown target modality 'sentinel3'"):
+            small_task(target_modalities=['sentinel3'])
+
+
+def test_loss_falls_on_the_demo_corpus(tmp_path: Path) -> None:
+    """A short real run on real radiometry: training and validation losses fall."""
+    torch.manual_seed(0)
+    task = small_task(
+        target_modalities=['sentinel2'], decoder_dim=64, lr=2e-3, warmup_epochs=1
+    )
+    dm = MMEarthDataModule(subset='MMEarthDemo', modalities=['sentinel2'], batch_size=8)
+    steps: list[float] = []
+    validation: list[float] = []
+
+    class Record(lightning.Callback):
+        def on_train_batch_end(
+            self, trainer: Trainer, module: Any, outputs: Any, batch: Any, index: int
+        ) -> None:
+            steps.append(float(outputs['loss']))
+
+        def on_validation_epoch_end(self, trainer: Trainer, module: Any) -> None:
+            if not trainer.sanity_checking:
+                validation.append(float(trainer.callback_metrics['val_loss']))
+
+    epochs = 6
+    run = trainer(
+        tmp_path, max_epochs=epochs, limit_val_batches=None, callbacks=[Record()]
+    )
+    run.fit(task, dm)
+    per_epoch = torch.tensor(steps).reshape(epochs, -1).mean(1)  # 40 tiles: 5 steps
+    assert per_epoch[-1] < 0.93 * per_epoch[0]
+    assert validation[-1] < validation[0]
+
+
+class TestOptimisation:
+    def test_recipe(self, mmearth_root: Path, tmp_path: Path) -> None:
+        task = small_task(warmup_epochs=1.0)
+        run = trainer(
+            tmp_path, max_epochs=4, limit_train_batches=3, accumulate_grad_batches=1
+        )
+        task.trainer = run  # type: ignore[assignment]
+        dm = datamodule(mmearth_root, batch_size=2)
+        run.fit(task, dm)  # 12 optimizer steps: 3 of warm-up, 9 of cosine
+        optimizer = run.optimizers[0]
+        assert optimizer.defaults['betas'] == (0.9, 0.95)
+        decay = {
+            id(p)
+            for g in optimizer.param_groups
+            if g['weight_decay'] == 0.05
+            for p in g['params']
+        }
+        for name, parameter in task.named_parameters():
+            expected = parameter.ndim > 1 and not name.endswith('.bias')
+            assert (id(parameter) in decay) == expected, name
+        assert 'mpmae.criterion.weighting.log_vars' in dict(task.named_parameters())
+        schedule = run.lr_scheduler_configs[0]
+        assert schedule.interval == 'step'
+        lr = 1.5e-4 * 2 / 256
+        factors = [schedule.scheduler.lr_lambdas[0](step) for step in range(13)]  # type: ignore[attr-defined]
+        assert factors[:4] == [0, 1 / 3, 2 / 3, 1]
+        assert factors[12] == pytest.approx(0)
+        assert optimizer.param_groups[0]['initial_lr'] == pytest.approx(lr)
+
+    def test_learning_rate_scales_with_accumulation(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        task = small_task()
+        run = trainer(tmp_path, limit_train_batches=2, accumulate_grad_batches=2)
+        run.fit(task, datamodule(mmearth_root, batch_size=3))
+        assert run.optimizers[0].param_groups[0]['initial_lr'] == pytest.approx(
+            1.5e-4 * 6 / 256
+        )
+
+    def test_lr_overrides_the_scaled_rate(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        run = trainer(tmp_path, limit_train_batches=1)
+        run.fit(small_task(lr=1e-3), datamodule(mmearth_root))
+        assert run.optimizers[0].param_groups[0]['initial_lr'] == 1e-3
+
+
+class TestCheckpoints:
+    @pytest.fixture
+    def checkpoint(self, mmearth_root: Path, tmp_path: Path) -> Path:
+        run = trainer(tmp_path, limit_train_batches=2, enable_checkpointing=True)
+        run.fit(small_task(), datamodule(mmearth_root))
+        path = tmp_path / 'mpmae.ckpt'
+        run.save_checkpoint(path)
+        return path
+
+    def test_torchgeo_classification_task_reuses_the_encoder(
+        self, checkpoint: Path
+    ) -> None:
+        task = MPMAETask.load_from_checkpoint(checkpoint)
+        classifier = ClassificationTask(
+            model='mmearth_convnextv2_atto',
+            weights=str(checkpoint),
+            in_channels=12,
+            num_classes=5,
+        )
+        pretrained = task.model.state_dict()
+        for key, value in classifier.model.state_dict().items():
+            if not key.startswith('head.'):
+                assert torch.equal(value, pretrained[key]), key
+
+    def test_export_weights(
+        self, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        out = tmp_path / 'encoder.pth'
+        assert main(['export-weights', str(checkpoint), str(out)]) == 0
+        assert 'encoder weights written' in capsys.readouterr().out
+        exported = torch.load(out, weights_only=True)
+        meta = exported['meta']
+        assert meta['model'] == 'mmearth_convnextv2_atto' and meta['in_chans'] == 12
+        assert meta['patch_size'] == 8 and meta['input_size'] == 56
+        assert meta['corpus'] == 'MMEarth64' and len(meta['bands']) == 12
+        model = timm.create_model(
+            meta['model'], pretrained=True, pretrained_cfg_overlay={'file': str(out)}
+        )
+        task = MPMAETask.load_from_checkpoint(checkpoint)
+        for key, value in task.model.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+
+    def test_export_weights_refuses_other_files(self, tmp_path: Path) -> None:
+        path = tmp_path / 'other.ckpt'
+        torch.save({'state_dict': {}, 'hyper_parameters': {}}, path)
+        with pytest.raises(ValueError, match='not a Lightning checkpoint of MPMAETask'):
+            export_weights(path, tmp_path / 'out.pth')
+
+    def test_resume_continues_the_run(self, mmearth_root: Path, tmp_path: Path) -> None:
+        def run(directory: str, epochs: int) -> tuple[Trainer, ModelCheckpoint]:
+            callback = ModelCheckpoint(dirpath=tmp_path / directory, save_last=True)
+            return trainer(
+                tmp_path,
+                max_epochs=epochs,
+                limit_train_batches=2,
+                callbacks=[callback],
+                enable_checkpointing=True,
+            ), callback
+
+        first, callback = run('ckpt', 2)
+        first.fit(small_task(), datamodule(mmearth_root))
+        assert first.global_step == 4
+        resumed, _ = run('ckpt', 4)
+        resumed.fit(
+            small_task(), datamodule(mmearth_root), ckpt_path=callback.last_model_path
+        )
+        assert resumed.global_step == 8
+        # The schedule went on from step 4 of an 8-step run, not from step 0.
+        uninterrupted, _ = run('reference', 4)
+        uninterrupted.fit(small_task(), datamodule(mmearth_root))
+        lr = resumed.optimizers[0].param_groups[0]['lr']
+        assert lr == pytest.approx(uninterrupted.optimizers[0].param_groups[0]['lr'])
+        state = resumed.optimizers[0].state
+        assert all(s['step'] == 8 for s in state.values())  # AdamW moments carried on
+
+
+@pytest.mark.slow
+def test_distributed_pretraining(mmearth_root: Path, tmp_path: Path) -> None:
+    """Two gloo processes, each with a DataLoader worker and its own HDF5 handle."""
+    callback = ModelCheckpoint(dirpath=tmp_path / 'ckpt', save_last=True)
+    run = trainer(
+        tmp_path,
+        devices=2,
+        strategy=lightning.pytorch.strategies.DDPStrategy(
+            start_method='spawn', process_group_backend='gloo'
+        ),
+        limit_train_batches=2,
+        callbacks=[callback],
+    )
+    run.fit(small_task(), datamodule(mmearth_root, num_workers=1))
+    checkpoint = torch.load(tmp_path / 'ckpt' / 'last.ckpt', weights_only=True)
+    # 6 training tiles: 3 per rank, so one full batch of 2 per rank and epoch.
+    assert checkpoint['global_step'] == 1
+    assert checkpoint['mmearth']['corpus']['subset'] == 'MMEarth64'

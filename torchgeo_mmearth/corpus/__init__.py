@@ -1,0 +1,64 @@
+"""Corpus builder: MMEarth-format pretraining corpora from your own rasters.
+
+Sentinel-2 is the anchor (it fixes each tile's grid, CRS and date); every other
+modality is paired by location and time and resampled onto the Sentinel-2 tile.
+The corpora read with :class:`torchgeo_mmearth.datasets.MMEarth` and
+:class:`torchgeo.datasets.MMEarth`. See :func:`build_corpus` and ``docs/corpus.md``.
+"""
+
+from .bigearthnet import bigearthnet_scenes, bigearthnet_source
+from .builder import (
+    DROP_REASONS,
+    BuildReport,
+    CorpusBuilder,
+    ModalityCoverage,
+    as_source,
+    build_corpus,
+)
+from .geotiff import GeoTiffSource
+from .grid import TileGrid
+from .locations import (
+    Location,
+    grid_locations,
+    locations_from_geojson,
+    locations_from_points,
+    locations_from_sampler,
+    resolve_locations,
+)
+from .rasterdataset import TorchGeoSource
+from .sources import (
+    SOURCE_BANDS,
+    Acquisition,
+    BandFile,
+    ModalitySource,
+    Scene,
+    orbit_from_time,
+)
+from .writer import CorpusWriter
+
+__all__ = (
+    'DROP_REASONS',
+    'SOURCE_BANDS',
+    'Acquisition',
+    'BandFile',
+    'BuildReport',
+    'CorpusBuilder',
+    'CorpusWriter',
+    'GeoTiffSource',
+    'Location',
+    'ModalityCoverage',
+    'ModalitySource',
+    'Scene',
+    'TileGrid',
+    'TorchGeoSource',
+    'as_source',
+    'bigearthnet_scenes',
+    'bigearthnet_source',
+    'build_corpus',
+    'grid_locations',
+    'locations_from_geojson',
+    'locations_from_points',
+    'locations_from_sampler',
+    'orbit_from_time',
+    'resolve_locations',
+)

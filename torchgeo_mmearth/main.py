@@ -1,0 +1,122 @@
+"""The ``torchgeo-mmearth`` command.
+
+``torchgeo-mmearth fit|validate|test|predict ...`` is TorchGeo's own command-line
+interface (LightningCLI) with this plugin imported first, so configs can name the
+plugin's classes by their short names (``class_path: MPMAETask``) and weights by
+their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Two more subcommands:
+
+* ``build-corpus``: build an MMEarth-format corpus from your own rasters;
+* ``export-weights CKPT OUT``: write the encoder of an :class:`MPMAETask`
+  checkpoint as a timm state dict with its metadata.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ['export_weights', 'main']
+
+
+def export_weights(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]
+) -> Path:
+    """Write the encoder of an MPMAETask checkpoint in the timm model's keys.
+
+    The output, ``{'state_dict': ..., 'meta': {...}}``, loads with
+    ``torch.load(out, weights_only=True)``; timm takes it as a pretrained file
+    (``timm.create_model(meta['model'], pretrained=True,
+    pretrained_cfg_overlay={'file': out})``) and so do the plugin's weights loaders.
+    ``meta`` records the timm model, the input bands and their number, the patch and
+    input sizes and the corpus the encoder was pretrained on.
+
+    Args:
+        checkpoint: a Lightning checkpoint written while training
+            :class:`~torchgeo_mmearth.trainers.MPMAETask`.
+        out: the file to write; it appears only once complete.
+
+    Returns:
+        The written file.
+
+    Raises:
+        ValueError: if *checkpoint* is not an MPMAETask checkpoint.
+    """
+    data: dict[str, Any] = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    hparams = data.get('hyper_parameters', {})
+    if 'state_dict' not in data or 'model' not in hparams:
+        raise ValueError(
+            f'{checkpoint} is not a Lightning checkpoint of MPMAETask '
+            "(needs 'state_dict' and hyper_parameters['model'])"
+        )
+    state_dict = {
+        key.removeprefix('model.'): value
+        for key, value in data['state_dict'].items()
+        if key.startswith('model.')
+    }
+    if not state_dict:
+        raise ValueError(f'{checkpoint} holds no encoder weights (no "model." keys)')
+    record = data.get('mmearth', {})
+    corpus = record.get('corpus', {})
+    meta = {
+        'model': hparams['model'],
+        'in_chans': hparams.get('in_channels'),
+        'bands': corpus.get('bands'),
+        'patch_size': hparams.get('patch_size'),
+        'input_size': hparams.get('input_size'),
+        'corpus': corpus.get('subset'),
+        'ssl_method': 'mp-mae',
+        'target_modalities': hparams.get('target_modalities'),
+        'epoch': data.get('epoch'),
+        'global_step': data.get('global_step'),
+    }
+    out = Path(out)
+    partial = out.with_name(out.name + '.partial')
+    torch.save({'state_dict': state_dict, 'meta': meta}, partial)
+    partial.replace(out)
+    return out
+
+
+def _export_weights_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog='torchgeo-mmearth export-weights',
+        description=export_weights.__doc__.splitlines()[0]
+        if export_weights.__doc__
+        else None,
+    )
+    parser.add_argument('checkpoint', help='Lightning checkpoint of MPMAETask (.ckpt)')
+    parser.add_argument('out', help='file to write (.pth)')
+    args = parser.parse_args(argv)
+    path = export_weights(args.checkpoint, args.out)
+    print(f'encoder weights written to {path}')
+    return 0
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the ``torchgeo-mmearth`` command.
+
+    Args:
+        args: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ['export-weights']:
+        return _export_weights_main(argv[1:])
+    if argv[:1] == ['build-corpus']:
+        from .corpus.cli import main as build_corpus
+
+        return build_corpus(argv[1:])
+
+    # Importing the plugin registers its classes with jsonargparse (short class
+    # names), its models with timm and smp, and its weights with TorchGeo.
+    import torchgeo.main
+
+    from . import datamodules, models, trainers  # noqa: F401
+
+    torchgeo.main.main(argv)
+    return 0

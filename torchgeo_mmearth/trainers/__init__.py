@@ -1,0 +1,5 @@
+"""Trainers for MMEarth pretraining."""
+
+from .mpmae import MPMAETask
+
+__all__ = ('MPMAETask',)

@@ -1,0 +1,530 @@
+"""Trainer for MP-MAE pretraining on MMEarth corpora."""
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib.pyplot as plt
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from matplotlib.figure import Figure
+
+# timm.optim has no __all__, so mypy does not see its re-exports.
+from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
+from torch import Tensor
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from torchgeo.trainers import BaseTask
+
+from ..losses import PretextTask, patchify, unpatchify
+from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
+from ..models import MPMAE, MPMAEOutput
+
+__all__ = ['MPMAETask']
+
+
+class MPMAETask(BaseTask):
+    """Pretrain an MMEarth ConvNeXt V2 with the Multi-Pretext Masked Autoencoder.
+
+    MP-MAE (Nedungadi et al., ECCV 2024) masks 60 % of the patches of a Sentinel-2
+    tile, encodes the visible pixels with a sparse-equivalent ConvNeXt V2 and
+    reconstructs, from the encoder features, Sentinel-2 and the other modalities of
+    the corpus (:class:`~torchgeo_mmearth.models.MPMAE`). Use it with
+    :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule`.
+
+    The defaults are the published recipe: AdamW with betas (0.9, 0.95) and weight
+    decay 0.05 (not on norms, biases and other 1-D parameters), learning rate
+    ``base_lr * effective batch / 256`` where the effective batch is the batch size
+    times gradient accumulation times the number of processes, a linear warm-up per
+    step followed by a half-cycle cosine to ``min_lr``. Set the number of epochs and
+    the gradient accumulation (``accumulate_grad_batches``) on the Trainer.
+
+    The encoder is ``self.model``, a plain timm model named by ``hparams['model']``,
+    so a checkpoint of this task is a backbone for TorchGeo's own tasks
+    (``ClassificationTask(model=..., weights='path/to/mpmae.ckpt')``) and for
+    ``torchgeo-mmearth export-weights``.
+
+    If you use this trainer in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+    """
+
+    monitor = 'train_loss'
+
+    def __init__(
+        self,
+        model: str = 'mmearth_convnextv2_atto',
+        in_channels: int = 12,
+        patch_size: int = 8,
+        input_size: int = 56,
+        mask_ratio: float = 0.6,
+        target_modalities: Sequence[str] | None = None,
+        decoder_dim: int = 512,
+        decoder_depth: int = 1,
+        shared_decoder: bool = True,
+        decoder_init: Literal['reference', 'timm'] = 'reference',
+        norm_pix_loss: Sequence[str] | None = None,
+        loss_aggregation: Literal['uncertainty', 'unweighted'] = 'uncertainty',
+        grn_pooling: Literal['batch', 'sample'] = 'batch',
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        plot_every_n_steps: int | None = 1000,
+    ) -> None:
+        """Initialize a new MPMAETask instance.
+
+        Args:
+            model: timm name of the encoder, e.g. ``mmearth_convnextv2_atto`` (the
+                ``_p8``/``_p16`` names fix the patch size).
+            in_channels: number of Sentinel-2 input bands.
+            patch_size: masking patch size = encoder stride (8 for 56 px inputs,
+                16 for 112 px inputs).
+            input_size: side of the input crop (the datamodule's ``input_size``);
+                must be a multiple of *patch_size*.
+            mask_ratio: fraction of masked patches per sample.
+            target_modalities: MMEarth modalities to reconstruct, each with its
+                MP-MAE bands; None for the 12 pretext tasks of MP-MAE,
+                ``['sentinel2']`` for a plain masked autoencoder. The Sentinel-2
+                target is the input itself (*in_channels* channels).
+            decoder_dim: decoder width.
+            decoder_depth: number of decoder blocks.
+            shared_decoder: one decoder for all tasks, as the released checkpoints
+                (True), or one per task (False; costs one decoder per task).
+            decoder_init: decoder initialisation, ``'reference'`` (as the released
+                checkpoints) or ``'timm'``.
+            norm_pix_loss: targets normalised per patch; None for sentinel2 only.
+            loss_aggregation: ``'uncertainty'`` (learned task weights) or
+                ``'unweighted'`` (sum).
+            grn_pooling: GRN statistics of the masked encoder over the whole batch
+                (``'batch'``, as the released checkpoints) or per sample.
+            base_lr: learning rate per 256 samples of effective batch.
+            lr: absolute learning rate, instead of the one derived from *base_lr*.
+            min_lr: learning rate at the end of the cosine schedule.
+            weight_decay: AdamW weight decay of the parameters with 2 or more
+                dimensions.
+            betas: AdamW betas.
+            warmup_epochs: epochs of linear warm-up (fractions allowed).
+            plot_every_n_steps: log a reconstruction figure every this many training
+                steps to loggers that take figures; None never.
+
+        Raises:
+            ValueError: for a target modality the format does not know, or an input
+                size that is not a multiple of the patch size.
+        """
+        if input_size % patch_size:
+            raise ValueError(
+                f'input_size {input_size} must be a multiple of patch_size {patch_size}'
+            )
+        unknown = [m for m in target_modalities or () if m not in PRETEXT_MODALITIES]
+        if unknown:
+            raise ValueError(
+                f'Unknown target modality {unknown[0]!r}; valid targets are '
+                f'{list(PRETEXT_MODALITIES)}'
+            )
+        super().__init__()
+
+    def configure_models(self) -> None:
+        """Build the encoder (``self.model``), decoder and losses."""
+        hparams = self.hparams
+        encoder = timm.create_model(
+            hparams['model'],
+            in_chans=hparams['in_channels'],
+            patch_size=hparams['patch_size'],
+            num_classes=0,
+        )
+        targets = hparams['target_modalities'] or list(PRETEXT_MODALITIES)
+        tasks = [
+            PretextTask(
+                'sentinel2', Level.PIXEL, Kind.CONTINUOUS, hparams['in_channels']
+            )
+            if name == 'sentinel2'
+            else PretextTask.from_modality(name)
+            for name in targets
+        ]
+        self.mpmae = MPMAE(
+            encoder,
+            patch_size=hparams['patch_size'],
+            tasks=tasks,
+            mask_ratio=hparams['mask_ratio'],
+            decoder_dim=hparams['decoder_dim'],
+            decoder_depth=hparams['decoder_depth'],
+            shared_decoder=hparams['shared_decoder'],
+            decoder_init=hparams['decoder_init'],
+            norm_pix_loss=hparams['norm_pix_loss'],
+            aggregation=hparams['loss_aggregation'],
+            grn_pooling=hparams['grn_pooling'],
+        )
+        # TorchGeo's extract_backbone reads the encoder from the 'model.' keys.
+        self.model = self.mpmae.encoder
+        self._last_plot_step = -1
+        self._last_figure: Figure | None = None
+
+    def forward(self, batch: Mapping[str, Any], **kwargs: Any) -> MPMAEOutput:
+        """Run MP-MAE on a batch.
+
+        Args:
+            batch: a normalised MMEarth batch.
+            **kwargs: ``mask`` or ``generator``, see :class:`MPMAE`.
+
+        Returns:
+            The losses, predictions, mask and encoder features.
+        """
+        output: MPMAEOutput = self.mpmae(batch, **kwargs)
+        return output
+
+    def training_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> Tensor:
+        """Compute the MP-MAE loss and log the training signals.
+
+        Args:
+            batch: a normalised MMEarth batch.
+            batch_idx: index of the batch.
+            dataloader_idx: index of the dataloader.
+
+        Returns:
+            The total loss.
+
+        Raises:
+            FloatingPointError: if the loss is NaN or infinite; the message names the
+                step and the tasks whose loss is not finite.
+        """
+        self._check_input(batch)
+        output: MPMAEOutput = self(batch)
+        self._check_finite(output)
+        batch_size = len(output.mask)
+        self._log_step('train', output, batch_size)
+        self.log('train_feature_std', _feature_std(output), batch_size=batch_size)
+        weighting = self.mpmae.criterion.weighting
+        if weighting is not None:
+            log_vars = weighting.log_vars.detach()
+            for task, value in zip(self.mpmae.tasks, log_vars, strict=True):
+                self.log(f'train_log_var_{task.name}', value, batch_size=batch_size)
+        lr = self.trainer.optimizers[0].param_groups[0]['lr']
+        self.log('lr', lr, batch_size=batch_size)
+        every = self.hparams['plot_every_n_steps']
+        if (
+            every
+            and self.global_step % every == 0
+            and self.global_step != self._last_plot_step
+        ):
+            self._last_plot_step = self.global_step
+            self._log_figure(batch, output, 'train')
+        return output.loss
+
+    def validation_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Compute the validation losses with a mask fixed per batch index.
+
+        Args:
+            batch: a normalised MMEarth batch.
+            batch_idx: index of the batch.
+            dataloader_idx: index of the dataloader.
+        """
+        self._check_input(batch)
+        generator = torch.Generator().manual_seed(batch_idx)
+        output = self(batch, generator=generator)
+        self._log_step('val', output, len(output.mask))
+        if batch_idx == 0:
+            self._log_figure(batch, output, 'val')
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what the encoder was pretrained on, for ``export-weights``.
+
+        Args:
+            checkpoint: the checkpoint being saved.
+        """
+        dataset = getattr(
+            getattr(self.trainer, 'datamodule', None), 'train_dataset', None
+        )
+        corpus: dict[str, Any] = {}
+        if dataset is not None and hasattr(dataset, 'modality_bands'):
+            corpus = {
+                'root': str(dataset.root),
+                'subset': dataset.subset,
+                'bands': list(dataset.modality_bands.get('sentinel2', ())),
+            }
+        checkpoint['mmearth'] = {
+            'model': self.hparams['model'],
+            'in_chans': self.hparams['in_channels'],
+            'patch_size': self.hparams['patch_size'],
+            'input_size': self.hparams['input_size'],
+            'corpus': corpus,
+        }
+
+    def on_fit_end(self) -> None:
+        """Save the last reconstruction figure and say where the results are."""
+        # log_dir is a collective call under DDP: every rank must ask for it.
+        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
+        figure_path = None
+        if self._last_figure is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            figure_path = directory / 'reconstruction.png'
+            self._last_figure.savefig(figure_path, dpi=100)
+            plt.close(self._last_figure)
+        callback = self.trainer.checkpoint_callback
+        checkpoint = getattr(callback, 'last_model_path', '') or getattr(
+            callback, 'best_model_path', ''
+        )
+        if checkpoint:
+            print(f'MP-MAE checkpoint: {checkpoint}')
+        if figure_path is not None:
+            print(f'Reconstruction figure: {figure_path}')
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """AdamW with per-step linear warm-up and cosine decay.
+
+        Returns:
+            The optimizer and the per-step learning-rate schedule.
+
+        Raises:
+            ValueError: if the learning rate cannot be derived (no datamodule batch
+                size and no *lr*) or the Trainer has no epoch limit.
+        """
+        hparams = self.hparams
+        lr = hparams['lr'] or self._scaled_lr()
+        groups = param_groups_weight_decay(self, hparams['weight_decay'])
+        optimizer = AdamW(groups, lr=lr, betas=tuple(hparams['betas']))
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError(
+                'MPMAETask needs trainer.max_epochs to place its warm-up and cosine '
+                'schedule'
+            )
+        warmup = round(hparams['warmup_epochs'] * total / epochs)
+        schedule = LambdaLR(
+            optimizer, _warmup_cosine(warmup, total, hparams['min_lr'] / lr)
+        )
+        return {
+            'optimizer': optimizer,
+            'lr_scheduler': {'scheduler': schedule, 'interval': 'step'},
+        }
+
+    def _scaled_lr(self) -> float:
+        """``base_lr * batch size * accumulation * processes / 256``."""
+        batch_size = getattr(
+            getattr(self.trainer, 'datamodule', None), 'batch_size', None
+        )
+        if batch_size is None:
+            raise ValueError(
+                'MPMAETask derives its learning rate from the datamodule batch size; '
+                'use a datamodule with batch_size or set lr'
+            )
+        effective = (
+            int(batch_size)
+            * self.trainer.accumulate_grad_batches
+            * self.trainer.world_size
+        )
+        return float(self.hparams['base_lr'] * effective / 256)
+
+    def _check_input(self, batch: Mapping[str, Any]) -> None:
+        x = batch.get('image_sentinel2')
+        expected = (self.hparams['in_channels'], self.hparams['input_size'])
+        if x is None or (x.shape[1], x.shape[-1]) != expected:
+            shape = None if x is None else tuple(x.shape)
+            raise ValueError(
+                f'MPMAETask expects image_sentinel2 of shape (B, {expected[0]}, '
+                f'{expected[1]}, {expected[1]}) (in_channels, input_size), got {shape}'
+            )
+
+    def _check_finite(self, output: MPMAEOutput) -> None:
+        if bool(torch.isfinite(output.loss)):
+            return
+        bad = [name for name, loss in output.task_losses.items() if not loss.isfinite()]
+        raise FloatingPointError(
+            f'MP-MAE loss is {output.loss.item()} at step {self.global_step}; '
+            f'tasks with a non-finite loss: {bad or "none (the aggregation)"}'
+        )
+
+    def _log_step(self, stage: str, output: MPMAEOutput, batch_size: int) -> None:
+        self.log(f'{stage}_loss', output.loss, batch_size=batch_size, prog_bar=True)
+        for name, loss in output.task_losses.items():
+            self.log(f'{stage}_loss_{name}', loss, batch_size=batch_size)
+        for name, fraction in output.valid_fractions.items():
+            self.log(f'{stage}_valid_{name}', fraction, batch_size=batch_size)
+
+    def _log_figure(
+        self, batch: Mapping[str, Any], output: MPMAEOutput, stage: str
+    ) -> None:
+        figure = plot_reconstruction(
+            batch, output, self.mpmae.tasks, self.hparams['patch_size']
+        )
+        if self._last_figure is not None:
+            plt.close(self._last_figure)
+        self._last_figure = figure
+        for logger in self.loggers:
+            experiment = getattr(logger, 'experiment', None)
+            if experiment is not None and hasattr(experiment, 'add_figure'):
+                experiment.add_figure(
+                    f'{stage}/reconstruction', figure, self.global_step, close=False
+                )
+
+
+def _warmup_cosine(warmup: int, total: int, floor: float) -> Any:
+    """Learning-rate factor per step: linear warm-up, then cosine to *floor*."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _feature_std(output: MPMAEOutput) -> Tensor:
+    """Mean over channels of the std of L2-normalised features across visible cells.
+
+    About ``1 / sqrt(C)`` for healthy features, near 0 when the representation
+    collapses to a constant.
+    """
+    features = output.features.detach().permute(0, 2, 3, 1).flatten(0, 2)
+    visible = (~output.mask).flatten()
+    rows = F.normalize(features[visible].float(), dim=1)
+    if len(rows) < 2:
+        return torch.zeros((), device=features.device)
+    return rows.std(dim=0).mean()
+
+
+def plot_reconstruction(
+    batch: Mapping[str, Any],
+    output: MPMAEOutput,
+    tasks: Sequence[PretextTask],
+    patch_size: int,
+    index: int = 0,
+) -> Figure:
+    """Figure of one sample: input, mask, and target and prediction of pixel tasks.
+
+    Args:
+        batch: the batch given to MP-MAE.
+        output: what MP-MAE computed on it.
+        tasks: the pretext tasks.
+        patch_size: the patch size.
+        index: which sample of the batch to draw.
+
+    Returns:
+        The figure: Sentinel-2 input, masked input, then per pixel-level task its
+        target and its prediction in the masked patches (first band, or classes).
+    """
+    mask = output.mask[index].detach().cpu()
+    pixel_mask = mask.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
+    x = batch['image_sentinel2'][index].detach().cpu().float()
+    rgb = _rgb(x)
+    panels: list[tuple[str, Tensor, dict[str, Any]]] = [
+        ('Sentinel-2 input', _display(rgb), {}),
+        ('visible patches', _display(rgb) * (~pixel_mask).unsqueeze(-1), {}),
+    ]
+    for task in tasks:
+        if task.level is not Level.PIXEL or task.key not in batch:
+            continue
+        target = batch[task.key][index : index + 1].detach().cpu()
+        prediction = (
+            output.predictions[task.name][index : index + 1].detach().cpu().float()
+        )
+        if task.kind is Kind.CATEGORICAL:
+            grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
+            logits = prediction.reshape(1, -1, patch_size * patch_size, task.channels)
+            classes = logits.argmax(-1).to(target.dtype).reshape(1, -1, patch_size**2)
+            predicted = unpatchify(classes, patch_size, grid)[0, 0]
+            shown = torch.where(pixel_mask, predicted, IGNORE_INDEX)
+            options = {
+                'cmap': 'tab20',
+                'vmin': 0,
+                'vmax': max(task.channels - 1, 1),
+                'interpolation': 'nearest',
+            }
+            panels.append(
+                (
+                    f'{task.name} target',
+                    target[0, 0]
+                    .float()
+                    .masked_fill(target[0, 0] == IGNORE_INDEX, math.nan),
+                    options,
+                )
+            )
+            panels.append(
+                (
+                    f'{task.name} predicted',
+                    shown.float().masked_fill(shown == IGNORE_INDEX, math.nan),
+                    options,
+                )
+            )
+            continue
+        grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
+        if task.name == 'sentinel2':
+            # Predictions are per-patch normalised targets: undo with the target's
+            # patch statistics to show them in the input's units.
+            patches = patchify(target.float(), patch_size)
+            mean = patches.nanmean(-1, keepdim=True)
+            std = _nanstd(patches)
+            prediction = prediction * std + mean
+        predicted = unpatchify(prediction, patch_size, grid)[0]
+        predicted = torch.where(pixel_mask, predicted, math.nan)
+        shown_bands = _rgb if task.name == 'sentinel2' else (lambda t: t[:1])
+        shown_target = shown_bands(target[0].float())
+        panels.append((f'{task.name} target', _display(shown_target), {}))
+        panels.append(
+            (
+                f'{task.name} predicted',
+                _display(shown_bands(predicted), shown_target),
+                {},
+            )
+        )
+
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(2.6 * len(panels), 3), squeeze=False
+    )
+    for axis, (title, image, options) in zip(axes[0], panels, strict=True):
+        axis.imshow(image.numpy(), **options)
+        axis.set_title(title, fontsize=8)
+        axis.axis('off')
+    figure.tight_layout()
+    return figure
+
+
+def _rgb(image: Tensor) -> Tensor:
+    """Red, green, blue of the 12 MP-MAE bands or the 3 BGR bands, else band 0."""
+    if len(image) == 12:
+        return image[[3, 2, 1]]
+    if len(image) == 3:
+        return image[[2, 1, 0]]
+    return image[:1]
+
+
+def _nanstd(patches: Tensor) -> Tensor:
+    valid = patches.isfinite()
+    count = valid.sum(-1, keepdim=True).clamp(min=2)
+    mean = patches.nanmean(-1, keepdim=True)
+    squares = torch.where(valid, (patches - mean) ** 2, 0.0).sum(-1, keepdim=True)
+    return torch.sqrt(squares / (count - 1) + 1e-6)
+
+
+def _display(image: Tensor, reference: Tensor | None = None) -> Tensor:
+    """(C, H, W), C in (1, 3), to an (H, W[, 3]) image in [0, 1] for imshow.
+
+    Each channel is stretched between the 2nd and 98th percentiles of the same
+    channel of *reference* (default: the image), so that a prediction is drawn on
+    the scale of its target; NaN (no-data) is drawn black.
+    """
+    reference = image if reference is None else reference
+    channels = []
+    for channel, ref in zip(image, reference, strict=True):
+        finite = ref[ref.isfinite()]
+        if finite.numel() == 0:
+            channels.append(torch.zeros_like(channel))
+            continue
+        low, high = torch.quantile(finite, torch.tensor([0.02, 0.98]))
+        stretched = ((channel - low) / (high - low + 1e-6)).clamp(0, 1)
+        channels.append(stretched.nan_to_num(0.0))
+    stacked = torch.stack(channels)
+    return stacked.permute(1, 2, 0) if len(stacked) == 3 else stacked[0]
