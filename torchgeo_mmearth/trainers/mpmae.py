@@ -1,7 +1,7 @@
 """Trainer for MP-MAE pretraining on MMEarth corpora."""
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -357,7 +357,11 @@ class MPMAETask(BaseTask):
         self, batch: Mapping[str, Any], output: MPMAEOutput, stage: str
     ) -> None:
         figure = plot_reconstruction(
-            batch, output, self.mpmae.tasks, self.hparams['patch_size']
+            batch,
+            output,
+            self.mpmae.tasks,
+            self.hparams['patch_size'],
+            self.mpmae.criterion.norm_pix_loss,
         )
         if self._last_figure is not None:
             plt.close(self._last_figure)
@@ -401,6 +405,7 @@ def plot_reconstruction(
     output: MPMAEOutput,
     tasks: Sequence[PretextTask],
     patch_size: int,
+    norm_pix: Collection[str] = ('sentinel2',),
     index: int = 0,
 ) -> Figure:
     """Figure of one sample: input, mask, and target and prediction of pixel tasks.
@@ -410,11 +415,14 @@ def plot_reconstruction(
         output: what MP-MAE computed on it.
         tasks: the pretext tasks.
         patch_size: the patch size.
+        norm_pix: tasks whose targets were normalised per patch (their predictions
+            are shown in target units).
         index: which sample of the batch to draw.
 
     Returns:
-        The figure: Sentinel-2 input, masked input, then per pixel-level task its
-        target and its prediction in the masked patches (first band, or classes).
+        The figure: Sentinel-2 input, visible patches, then per pixel-level task its
+        target and its prediction in the masked patches (RGB for Sentinel-2, the
+        first band or the classes otherwise); white is no data or not predicted.
     """
     mask = output.mask[index].detach().cpu()
     pixel_mask = mask.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
@@ -461,25 +469,23 @@ def plot_reconstruction(
             )
             continue
         grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
-        if task.name == 'sentinel2':
+        if task.name in norm_pix:
             # Predictions are per-patch normalised targets: undo with the target's
-            # patch statistics to show them in the input's units.
+            # patch statistics to show them in the target's units.
             patches = patchify(target.float(), patch_size)
-            mean = patches.nanmean(-1, keepdim=True)
-            std = _nanstd(patches)
-            prediction = prediction * std + mean
+            prediction = prediction * _nanstd(patches) + patches.nanmean(-1, True)
         predicted = unpatchify(prediction, patch_size, grid)[0]
-        predicted = torch.where(pixel_mask, predicted, math.nan)
         shown_bands = _rgb if task.name == 'sentinel2' else (lambda t: t[:1])
         shown_target = shown_bands(target[0].float())
+        if task.key == 'image_sentinel2':
+            # As MAE figures do: the visible patches are the input itself.
+            title = f'{task.name} reconstructed'
+            predicted = torch.where(pixel_mask, predicted, target[0].float())
+        else:
+            title = f'{task.name} predicted (masked patches)'
+            predicted = torch.where(pixel_mask, predicted, math.nan)
         panels.append((f'{task.name} target', _display(shown_target), {}))
-        panels.append(
-            (
-                f'{task.name} predicted',
-                _display(shown_bands(predicted), shown_target),
-                {},
-            )
-        )
+        panels.append((title, _display(shown_bands(predicted), shown_target), {}))
 
     figure, axes = plt.subplots(
         1, len(panels), figsize=(2.6 * len(panels), 3), squeeze=False
@@ -514,17 +520,19 @@ def _display(image: Tensor, reference: Tensor | None = None) -> Tensor:
 
     Each channel is stretched between the 2nd and 98th percentiles of the same
     channel of *reference* (default: the image), so that a prediction is drawn on
-    the scale of its target; NaN (no-data) is drawn black.
+    the scale of its target. NaN (no data, not predicted) stays NaN in a single
+    channel, which imshow leaves blank, and is white in RGB.
     """
     reference = image if reference is None else reference
     channels = []
     for channel, ref in zip(image, reference, strict=True):
         finite = ref[ref.isfinite()]
         if finite.numel() == 0:
-            channels.append(torch.zeros_like(channel))
+            channels.append(torch.full_like(channel, math.nan))
             continue
         low, high = torch.quantile(finite, torch.tensor([0.02, 0.98]))
-        stretched = ((channel - low) / (high - low + 1e-6)).clamp(0, 1)
-        channels.append(stretched.nan_to_num(0.0))
+        channels.append(((channel - low) / (high - low + 1e-6)).clamp(0, 1))
     stacked = torch.stack(channels)
-    return stacked.permute(1, 2, 0) if len(stacked) == 3 else stacked[0]
+    if len(stacked) == 3:
+        return stacked.nan_to_num(1.0).permute(1, 2, 0)
+    return stacked[0]
