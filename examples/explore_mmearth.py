@@ -5,12 +5,14 @@ Reads the corpus through :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule
 (raw tiles from DataLoader workers, then normalisation, aligned random crops and
 flips on the device: CUDA when available, else the CPU), and prints per modality the
 batch shape and the fraction of valid values, and the loader throughput. Saves a
-figure of one tile. Works on the real corpora (``--root`` is the folder holding
-``data_1M_v001_64/``) and on the synthetic one ``make demo`` writes.
+figure of one tile. Works on the published corpora (``--root`` is the folder holding
+``data_1M_v001_64/``), on corpora built with ``torchgeo-mmearth build-corpus`` and on
+the packaged demo corpus.
 
 Example::
 
     python examples/explore_mmearth.py --root data --subset MMEarth64 --output out
+    python examples/explore_mmearth.py --subset MMEarthDemo
 """
 
 import argparse
@@ -28,8 +30,12 @@ from torchgeo_mmearth.modalities import IGNORE_INDEX, MODALITIES, Kind
 def main() -> None:
     """Load batches, print a per-modality summary and save a figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--root', type=Path, required=True)
-    parser.add_argument('--subset', default='MMEarth64', choices=list(MMEarth.subsets))
+    parser.add_argument('--root', type=Path, default=Path('data'))
+    parser.add_argument(
+        '--subset',
+        default='MMEarth64',
+        help=f'one of {list(MMEarth.subsets)} or a corpus folder name data_<name>',
+    )
     parser.add_argument('--output', type=Path, default=Path('demo-output'))
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--batches', type=int, default=8)
