@@ -1,7 +1,8 @@
 """Corpus builder: MMEarth-format pretraining corpora from your own rasters.
 
 Sentinel-2 is the anchor (it fixes each tile's grid, CRS and date); every other
-modality is paired by location and time and resampled onto the Sentinel-2 tile.
+modality is paired by location and time and resampled onto the Sentinel-2 tile
+(ERA5 monthly aggregates by calendar month, reduced to 12 values per tile).
 The corpora read with :class:`torchgeo_mmearth.datasets.MMEarth` and
 :class:`torchgeo.datasets.MMEarth`. See :func:`build_corpus` and ``docs/corpus.md``.
 """
@@ -27,6 +28,7 @@ from .locations import (
 )
 from .rasterdataset import TorchGeoSource
 from .sources import (
+    ERA5_VARIABLES,
     SOURCE_BANDS,
     Acquisition,
     BandFile,
@@ -38,6 +40,7 @@ from .writer import CorpusWriter
 
 __all__ = (
     'DROP_REASONS',
+    'ERA5_VARIABLES',
     'SOURCE_BANDS',
     'Acquisition',
     'BandFile',

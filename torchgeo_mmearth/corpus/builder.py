@@ -5,10 +5,11 @@ tile is a window of a Sentinel-2 acquisition's pixel grid, and every other
 modality is resampled onto that window (bilinear for continuous values, nearest
 for classes), from its acquisition nearest in time to the Sentinel-2 date within
 a window of days (Sentinel-1: one per orbit direction, as MMEarth-data pairs
-them). Latitude, longitude and month are derived from the tile. The result is
-written in the published layout by :class:`~torchgeo_mmearth.corpus.writer.CorpusWriter`
-and reads with :class:`torchgeo_mmearth.datasets.MMEarth` and
-:class:`torchgeo.datasets.MMEarth`.
+them). ERA5 monthly aggregates are paired by calendar month and reduced to 12
+values per tile (:mod:`.era5`). Latitude, longitude and month are derived from the
+tile. The result is written in the published layout by
+:class:`~torchgeo_mmearth.corpus.writer.CorpusWriter` and reads with
+:class:`torchgeo_mmearth.datasets.MMEarth` and :class:`torchgeo.datasets.MMEarth`.
 
 Example::
 
@@ -17,7 +18,11 @@ Example::
     report = build_corpus(
         'data', 'my_corpus',
         sentinel2='rasters/s2',           # GeoTIFFs, or a TorchGeo RasterDataset
-        sources={'sentinel1': 'rasters/s1', 'aster': 'rasters/dem'},
+        sources={
+            'sentinel1': 'rasters/s1',
+            'aster': 'rasters/dem',
+            'era5': 'rasters/era5_land_monthly',  # monthly ERA5-Land GeoTIFFs
+        },
         locations='points.geojson',
     )
     print(report.summary())
@@ -48,11 +53,18 @@ from .encoding import (
     nodata_tile,
     sentinel2_valid,
 )
+from .era5 import (
+    DEFAULT_YEAR_MONTHS,
+    check_era5_source,
+    check_year_months,
+    era5_band_names,
+    read_era5,
+)
 from .geotiff import GeoTiffSource
 from .grid import TileGrid, anchor_lattice
 from .locations import Location, resolve_locations
 from .rasterdataset import TorchGeoSource
-from .sources import SOURCE_BANDS, Acquisition, ModalitySource
+from .sources import SOURCE_BANDS, Acquisition, ModalitySource, fill_band, read_mosaic
 from .writer import CorpusWriter, Drop, TileRecord, corpus_folder
 
 __all__ = [
@@ -91,8 +103,10 @@ class ModalityCoverage:
 
     Args:
         tiles_with_data: tiles with at least one valid value.
-        valid_fraction: mean fraction of pixels with a valid value in any band
-            (image-level modalities: of tiles with a valid vector).
+        valid_fraction: mean fraction of pixels with a valid value in any band;
+            for image-level vectors (era5, lat, lon, month) the mean fraction of
+            valid elements, for one-hot classes (biome, eco_region) the fraction
+            of tiles with a class.
     """
 
     tiles_with_data: int
@@ -225,9 +239,10 @@ class CorpusBuilder:
             tile's grid, CRS, date and processing level.
         sources: other modalities by name (``sentinel1``, ``aster`` for a DEM,
             ``canopy_height_eth``, ``dynamic_world``, ``esa_worldcover``,
-            ``biome``, ``eco_region``), each in any form *sentinel2* accepts.
-            Modalities without a source are written as no-data; ``lat``, ``lon``
-            and ``month`` are derived; ``era5`` is always no-data.
+            ``biome``, ``eco_region``, ``era5`` for monthly ERA5(-Land)
+            aggregates), each in any form *sentinel2* accepts. Modalities without
+            a source are written as no-data; ``lat``, ``lon`` and ``month`` are
+            derived.
         tile_size: tile side in pixels (64 or 128 as published).
         resolution: tile pixel size in the Sentinel-2 CRS units (10 m).
         max_days: largest time between a dated acquisition and the Sentinel-2
@@ -237,10 +252,18 @@ class CorpusBuilder:
         split_by: 'tile' to split tiles independently, or 'scene' to keep the tiles
             of one Sentinel-2 scene in one split (overlapping tiles then never
             straddle splits).
+        era5_year_months: months of the ERA5 ``year`` window, ending with the
+            Sentinel-2 month. 12 (the default) is one year, each calendar month
+            once, as MMEarth-data's docstring intends; 13 reproduces the published
+            corpora, whose filter ``[same month of the previous year, end of the
+            current month)`` takes 13 monthly images (see :mod:`.era5`). The
+            previous and current month are paired by calendar month; a missing
+            month leaves NaN in the values that need it.
 
     Raises:
-        ValueError: for an unknown modality, invalid options, or a source that
-            does not overlap the Sentinel-2 rasters anywhere.
+        ValueError: for an unknown modality, invalid options, a source that
+            does not overlap the Sentinel-2 rasters anywhere, or an ERA5 source
+            that is not monthly.
     """
 
     def __init__(
@@ -252,6 +275,7 @@ class CorpusBuilder:
         max_days: float = 30.0,
         min_valid: float = 0.9,
         split_by: str = 'tile',
+        era5_year_months: int = DEFAULT_YEAR_MONTHS,
     ) -> None:
         """Initialize a new CorpusBuilder instance (see the class docstring)."""
         if not isinstance(tile_size, int) or tile_size < 2:
@@ -264,6 +288,7 @@ class CorpusBuilder:
             raise ValueError(f'min_valid must be in [0, 1], got {min_valid}')
         if split_by not in ('tile', 'scene'):
             raise ValueError(f"split_by must be 'tile' or 'scene', got {split_by!r}")
+        check_year_months(era5_year_months)
         sources = dict(sources or {})
         unknown = [name for name in sources if name not in AUXILIARY_MODALITIES]
         if unknown:
@@ -282,6 +307,9 @@ class CorpusBuilder:
         self.max_days = float(max_days)
         self.min_valid = float(min_valid)
         self.split_by = split_by
+        self.era5_year_months = era5_year_months
+        if 'era5' in self.sources:
+            check_era5_source(self.sources['era5'])
         if resolution is not None:
             for acquisition in self.sentinel2.acquisitions:
                 if acquisition.crs.is_geographic:
@@ -307,7 +335,7 @@ class CorpusBuilder:
 
     def fingerprint(self) -> dict[str, Any]:
         """Every input and option that shapes the tiles."""
-        return {
+        fingerprint = {
             'sentinel2': self.sentinel2.fingerprint(),
             'sources': {n: s.fingerprint() for n, s in self.sources.items()},
             'tile_size': self.tile_size,
@@ -316,6 +344,9 @@ class CorpusBuilder:
             'min_valid': self.min_valid,
             'split_by': self.split_by,
         }
+        if 'era5' in self.sources:
+            fingerprint['era5_year_months'] = self.era5_year_months
+        return fingerprint
 
     def check_locations(self, locations: Sequence[Location]) -> None:
         """Raise if no location lies inside the Sentinel-2 rasters.
@@ -402,15 +433,32 @@ class CorpusBuilder:
         }
         for name in ('aster', 'dynamic_world', 'canopy_height_eth', 'esa_worldcover'):
             tile_bands[name] = None
+        era5_info: dict[str, Any] = {}
 
         for name, source in self.sources.items():
+            if name == 'era5':
+                era5 = read_era5(source, grid, date, self.era5_year_months)
+                arrays['era5'] = era5.values
+                paired['era5'] = [
+                    {
+                        'acquisition': a.key,
+                        'date': a.date.isoformat() if a.date else None,
+                        'orbit': a.orbit,
+                    }
+                    for a in era5.acquisitions
+                ]
+                if era5.acquisitions:
+                    tile_bands['era5'] = era5_band_names(date)
+                # The published record of the raw values, and the months used.
+                era5_info = {'era5': era5.record, 'ERA5_MONTHS': era5.months}
+                continue
             read_grid = grid.padded(1) if name == 'aster' else grid
             chosen = self._pair(source, read_grid, date)
             bands: dict[str, np.ndarray] = {}
             for orbit, group in chosen.items():
-                for band, array in _mosaic(source, group, read_grid).items():
+                for band, array in read_mosaic(source, group, read_grid).items():
                     key = f'{orbit}_{band}' if orbit and '_' not in band else band
-                    _fill(bands, key, array)
+                    fill_band(bands, key, array)
             paired[name] = [
                 {
                     'acquisition': a.key,
@@ -452,10 +500,12 @@ class CorpusBuilder:
             'eco_region': int(eco_region.argmax()) if eco_region.sum() == 1 else None,
             'NO_DATA': False,
             'BANDS': tile_bands,
+            **({'era5': era5_info['era5']} if era5_info else {}),
             'S2_SCENE': acquisition.key,
             'S2_DATETIME': date.isoformat(),
             'LOCATION': index,
             'SOURCES': paired,
+            **({'ERA5_MONTHS': era5_info['ERA5_MONTHS']} if era5_info else {}),
         }
         origin = f'{grid.transform.c:.6f},{grid.transform.f:.6f}'
         return TileRecord(
@@ -598,25 +648,6 @@ class CorpusBuilder:
             source.close()
 
 
-def _mosaic(
-    source: ModalitySource, acquisitions: Sequence[Acquisition], grid: TileGrid
-) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for acquisition in acquisitions:
-        for band, array in source.read(acquisition, grid).items():
-            _fill(out, band, array)
-    return out
-
-
-def _fill(out: dict[str, np.ndarray], band: str, array: np.ndarray) -> None:
-    """Add a band; where it exists, fill only its no-data (first valid wins)."""
-    if band in out:
-        missing = np.isnan(out[band])
-        out[band][missing] = array[missing]
-    else:
-        out[band] = array.copy()
-
-
 def _report(
     name: str, folder: Path, locations: int, records: Sequence[Mapping[str, Any]]
 ) -> BuildReport:
@@ -683,6 +714,7 @@ def build_corpus(
     overwrite: bool = False,
     progress: bool = True,
     on_tile: Callable[[int], None] | None = None,
+    era5_year_months: int = DEFAULT_YEAR_MONTHS,
 ) -> BuildReport:
     """Build an MMEarth-format corpus ``root/data_<name>`` from your own rasters.
 
@@ -706,12 +738,20 @@ def build_corpus(
         overwrite: replace an existing corpus.
         progress: show a progress bar.
         on_tile: called with each processed location index.
+        era5_year_months: months of the ERA5 year window (12; 13 as published).
 
     Returns:
         The build report.
     """
     builder = CorpusBuilder(
-        sentinel2, sources, tile_size, resolution, max_days, min_valid, split_by
+        sentinel2,
+        sources,
+        tile_size,
+        resolution,
+        max_days,
+        min_valid,
+        split_by,
+        era5_year_months,
     )
     return builder.build(
         root, name, locations, splits, seed, segment_size, overwrite, progress, on_tile

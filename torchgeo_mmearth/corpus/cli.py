@@ -19,18 +19,26 @@ _MODALITIES = ('sentinel2', *AUXILIARY_MODALITIES)
 _EPILOG = f"""\
 modalities with a source: {', '.join(AUXILIARY_MODALITIES)}
 (aster takes a DEM: elevation is resampled bilinearly and the slope computed on
-the tile grid; lat, lon and month are derived; modalities without a source are
-written as no-data).
+the tile grid; era5 takes monthly ERA5(-Land) aggregates, e.g. in EPSG:4326, with
+the variables temperature_2m, temperature_2m_min, temperature_2m_max and
+total_precipitation_sum: paired by the Sentinel-2 month (previous month, current
+month and the --era5-year-months window), each value the tile mean of the
+bilinearly resampled raster; lat, lon and month are derived; modalities without
+a source are written as no-data).
 
 File names: the default expression takes the first YYYYMMDD[THHMMSS] run of
 digits as the date and a trailing _<band> (e.g. _B02, _VV) as the band of a
-single-band file. Give --regex with named groups date, band, orbit and level
-otherwise, and --bands for multi-band files.
+single-band file (ERA5 also takes a month, YYYYMM or YYYY-MM, and a trailing
+_<variable>). Give --regex with named groups date, band, orbit and level
+otherwise, and --bands for multi-band files (ERA5 files whose band descriptions
+name the variables need none).
 
 examples:
   torchgeo-mmearth build-corpus --root data --name my_corpus \\
       --sentinel2 s2/ --source sentinel1=s1/ --source aster=dem.tif \\
       --bands sentinel1=VV,VH --locations points.geojson
+  torchgeo-mmearth build-corpus --root data --name with_era5 \\
+      --sentinel2 s2/ --source era5=era5_land_monthly/ --grid
   torchgeo-mmearth build-corpus --root data --name 1M_v001_64 --tile-size 64 \\
       --sentinel2 s2/ --grid 64
   torchgeo-mmearth build-corpus --root data --name ben --bigearthnet \\
@@ -186,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
         '(default: 30)',
     )
     tiles.add_argument(
+        '--era5-year-months',
+        type=int,
+        default=12,
+        metavar='N',
+        help="months of the ERA5 'year' window, ending with the Sentinel-2 month "
+        '(default: 12, one year; 13 reproduces the published MMEarth data)',
+    )
+    tiles.add_argument(
         '--min-valid',
         type=float,
         default=0.9,
@@ -307,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_days=args.max_days,
             min_valid=args.min_valid,
             split_by=args.split_by,
+            era5_year_months=args.era5_year_months,
         )
         locations: list[Location]
         if args.locations is not None:

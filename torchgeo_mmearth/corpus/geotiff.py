@@ -14,8 +14,10 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
+from .era5 import check_era5_source
 from .grid import TileGrid
 from .sources import (
+    ERA5_ALIASES,
     LEVEL_PATTERN,
     NEEDS_DATE,
     SOURCE_BANDS,
@@ -50,7 +52,9 @@ class GeoTiffSource(ModalitySource):
 
     Scenes with the same date, orbit direction, processing level and CRS form one
     acquisition (e.g. neighbouring patches of one Sentinel-2 product, or the DEM
-    tiles of a static source), read as a mosaic in scene-name order.
+    tiles of a static source), read as a mosaic in scene-name order. An ``era5``
+    source holds monthly aggregates: every scene has a date, and one date per
+    calendar month (:func:`~.era5.check_era5_source`).
 
     Args:
         scenes: the scenes.
@@ -74,8 +78,8 @@ class GeoTiffSource(ModalitySource):
         Raises:
             ValueError: for an unknown modality or band, a scene without bands,
                 a raster without CRS, a band index beyond the file's band count,
-                scenes with duplicate names, or a Sentinel-2 scene without date or
-                level.
+                scenes with duplicate names, a Sentinel-2 scene without date or
+                level, or an ERA5 scene without date (or two in one month).
         """
         super().__init__(modality, max_days, class_map)
         if not scenes:
@@ -106,6 +110,8 @@ class GeoTiffSource(ModalitySource):
         )
         self._acquisitions = self._group()
         self._open: OrderedDict[Path, Any] = OrderedDict()
+        if modality == 'era5':
+            check_era5_source(self)
 
     def _check(self, scene: Scene) -> Scene:
         if not scene.bands:
@@ -122,6 +128,14 @@ class GeoTiffSource(ModalitySource):
             raise ValueError(
                 f'Sentinel-2 scene {scene.name!r} has no acquisition date (it sets '
                 "the tile's date and month)"
+            )
+        if self.modality == 'era5' and scene.date is None:
+            files = sorted({str(f.path) for f in bands.values()})
+            raise ValueError(
+                f'ERA5 scene {scene.name!r} ({", ".join(files)}) has no date: ERA5 '
+                'rasters are monthly aggregates, dated by their file names (give '
+                "filename_regex a 'date' group, e.g. era5_201904.tif or "
+                'era5_2019-04.tif)'
             )
         if self.modality == 'sentinel2' and scene.level is None:
             raise ValueError(
@@ -160,7 +174,8 @@ class GeoTiffSource(ModalitySource):
         File names are matched (from their start, as TorchGeo does) against
         *filename_regex*, whose optional named groups give:
 
-        * ``date``: the acquisition date, parsed with *date_format*;
+        * ``date``: the acquisition date, parsed with *date_format* (for ERA5,
+          the month of the aggregate);
         * ``band``: the band held by a single-band file; files whose names differ
           only by this group form one scene;
         * ``orbit``: the Sentinel-1 orbit direction (asc, desc, ascending, ...);
@@ -170,6 +185,15 @@ class GeoTiffSource(ModalitySource):
         The default expression takes the first ``YYYYMMDD[THHMMSS]`` run of digits
         as the date and a trailing ``_<band>`` as the band (``_B02``, ``_VV``, ...).
 
+        ERA5 (``modality='era5'``): monthly aggregates in any CRS (usually
+        EPSG:4326), one file per month holding the variables of
+        :data:`~.sources.ERA5_VARIABLES` as bands (named by *bands*, or by the
+        files' band descriptions as Earth Engine exports write them), or one file
+        per variable and month (``era5_201904_temperature_2m.tif``). The default
+        expression also takes ``YYYYMM`` and ``YYYY-MM`` as the date (the first
+        day of the month). Float rasters without a no-data value have NaN as
+        no-data.
+
         Args:
             paths: files, or folders searched recursively with *filename_glob*.
             modality: modality the rasters fill (a key of :data:`SOURCE_BANDS`).
@@ -177,10 +201,12 @@ class GeoTiffSource(ModalitySource):
             filename_regex: regular expression for file names (see above); files
                 that do not match are skipped.
             date_format: :func:`~datetime.datetime.strptime` format of the ``date``
-                group; None tries ``%Y%m%dT%H%M%S``, ``%Y%m%d`` and ISO dates.
+                group; None tries ``%Y%m%dT%H%M%S``, ``%Y%m%d`` and ISO dates, and
+                ``%Y%m`` or ``%Y-%m`` for a month alone.
             bands: band names of multi-band files, in file order; None for files
-                with a ``band`` group, or for the modalities whose band layout is
-                unambiguous (one band, or canopy height and std).
+                with a ``band`` group, for the modalities whose band layout is
+                unambiguous (one band, or canopy height and std), or for ERA5 files
+                whose band descriptions name the variables.
             level: Sentinel-2 processing level of every scene ('l1c' or 'l2a');
                 None reads it from the ``level`` group or an ``L1C``/``L2A`` in the
                 file name.
@@ -375,6 +401,14 @@ class GeoTiffSource(ModalitySource):
         src = self._dataset(band_file.path)
         destination = np.full((grid.size, grid.size), np.nan, dtype=np.float32)
         nodata = self.nodata if self.nodata is not None else src.nodata
+        if (
+            nodata is None
+            and self.modality == 'era5'
+            and np.issubdtype(np.dtype(src.dtypes[band_file.index - 1]), np.floating)
+        ):
+            # ERA5(-Land) masks the sea with NaN; without a declared no-data value
+            # GDAL's bilinear kernel would spread NaN over whole blocks.
+            nodata = math.nan
         reproject(
             source=rasterio.band(src, band_file.index),
             destination=destination,
@@ -466,6 +500,14 @@ def _default_regex(modality: str) -> str:
         alternatives = r'B0?\d{1,2}A?|QA60|SCL|MSK_CLDPRB'
     elif modality == 'sentinel1':
         alternatives = r'(?:(?:asc|desc)_)?(?:VV|VH|HH|HV)'
+    elif modality == 'era5':
+        names = sorted((*names, *ERA5_ALIASES), key=len, reverse=True)
+        alternatives = '|'.join(re.escape(name) for name in names)
+        # A month (YYYYMM, YYYY-MM) or a date, and the variable of a single file.
+        return (
+            r'^(?:.*?(?P<date>\d{4}-\d{2}(?:-\d{2})?|\d{6}(?:\d{2})?))?.*?'
+            rf'(?:[_-](?P<band>(?i:{alternatives})))?\.tiff?$'
+        )
     return (
         r'^(?:.*?(?P<date>\d{8}(?:T\d{6})?))?.*?'
         rf'(?:[_-](?P<band>(?i:{alternatives})))?\.tiff?$'
@@ -478,15 +520,26 @@ def _multiband_names(
     count = inspect_raster(path).count
     if bands is not None:
         names = tuple(normalize_band(modality, band) for band in bands)
+    elif modality == 'era5' and (described := _described_bands(modality, path)):
+        names = described
     elif len(SOURCE_BANDS[modality]) == 1 or (
         modality == 'canopy_height_eth' and count <= 2
     ):
         names = SOURCE_BANDS[modality][:count]
     else:
+        hint = ''
+        if modality == 'era5':
+            with rasterio.open(path) as src:
+                found = [d for d in src.descriptions if d]
+            hint = ' or band descriptions naming them' + (
+                f' (its descriptions {found} are not all ERA5 variables)'
+                if found
+                else ''
+            )
         raise ValueError(
             f'{path} holds {count} bands but their names are unknown: pass bands=[...] '
-            f'(names from {list(SOURCE_BANDS[modality])}) in file order, or a '
-            "filename_regex with a 'band' group for single-band files"
+            f'(names from {list(SOURCE_BANDS[modality])}) in file order{hint}, '
+            "or a filename_regex with a 'band' group for single-band files"
         )
     if len(names) != count:
         raise ValueError(
@@ -496,3 +549,15 @@ def _multiband_names(
     if len(set(names)) != len(names):
         raise ValueError(f'Band names of {path} have duplicates: {list(names)}')
     return names
+
+
+def _described_bands(modality: str, path: Path) -> tuple[str, ...] | None:
+    """Band names from a file's band descriptions, if they all name valid bands."""
+    with rasterio.open(path) as src:
+        descriptions = src.descriptions
+    if not descriptions or not all(descriptions):
+        return None
+    try:
+        return tuple(normalize_band(modality, str(d)) for d in descriptions)
+    except ValueError:
+        return None

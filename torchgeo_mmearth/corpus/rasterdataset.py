@@ -12,6 +12,7 @@ import shapely  # type: ignore[import-untyped]
 from affine import Affine
 from rasterio.warp import reproject
 
+from .era5 import check_era5_source
 from .grid import TileGrid
 from .sources import (
     LEVEL_PATTERN,
@@ -42,9 +43,15 @@ class TorchGeoSource(ModalitySource):
     ``dataset[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax]``: directly on the tile
     grid when the dataset's CRS and resolution are the grid's (TorchGeo then
     resamples with the dataset's ``resampling``, bilinear for images and nearest
-    for masks), otherwise around the tile in the dataset's CRS and warped onto
-    the grid (bilinear for continuous values, nearest for classes). Pixels outside
-    the footprints of the index entries, or equal to *nodata*, are no-data.
+    for masks), otherwise around the tile in the dataset's CRS, on the pixel
+    lattice of the acquisition's first file, and warped onto the grid (bilinear
+    for continuous values, nearest for classes). Pixels outside the footprints of
+    the index entries, or equal to *nodata*, are no-data.
+
+    An ``era5`` dataset holds monthly aggregates: its ``filename_regex`` needs a
+    ``date`` group (e.g. ``date_format = '%Y%m'``, which TorchGeo indexes as the
+    whole month), with one date per calendar month, and its bands name the
+    variables of :data:`~.sources.ERA5_VARIABLES`.
 
     Args:
         dataset: the dataset (its ``bands`` name the channels of its samples).
@@ -75,8 +82,9 @@ class TorchGeoSource(ModalitySource):
         """Initialize a new TorchGeoSource instance (see the class docstring).
 
         Raises:
-            ValueError: for an unknown modality or band, an empty dataset, or when
-                the level or orbit cannot be told.
+            ValueError: for an unknown modality or band, an empty dataset, when
+                the level or orbit cannot be told, or for an ERA5 dataset without
+                dates (or with two in one month).
         """
         super().__init__(modality, max_days, class_map)
         self.dataset = dataset
@@ -102,6 +110,8 @@ class TorchGeoSource(ModalitySource):
         self.level = level and normalize_level(level, type(dataset).__name__)
         self.orbit = orbit and normalize_orbit(orbit, type(dataset).__name__)
         self._acquisitions = self._group()
+        if modality == 'era5':
+            check_era5_source(self)
 
     def _group(self) -> tuple[Acquisition, ...]:
         index = self.dataset.index
@@ -139,10 +149,12 @@ class TorchGeoSource(ModalitySource):
                     )
                 else:
                     orbit = orbit_from_time(date, (lonlat[0] + lonlat[2]) / 2)
-            if self.modality == 'sentinel2' and date is None:
+            if self.modality in ('sentinel2', 'era5') and date is None:
                 raise ValueError(
-                    f'{files[0]} has no date: the Sentinel-2 dataset needs a '
-                    "filename_regex with a 'date' group"
+                    f'{files[0]} has no date: the '
+                    f'{"Sentinel-2" if self.modality == "sentinel2" else "ERA5"} '
+                    "dataset needs a filename_regex with a 'date' group (and its "
+                    'date_format)'
                 )
             # Pixel lattice: the first file's, when it is already in the dataset's
             # CRS and resolution; otherwise multiples of the resolution.
@@ -201,12 +213,25 @@ class TorchGeoSource(ModalitySource):
             width = height = grid.size
             transform = grid.transform
         else:
+            # Around the tile, on the acquisition's pixel lattice (files at the
+            # dataset's resolution are then copied, not resampled, by the query),
+            # with one more dataset pixel on every side: bilinear interpolation
+            # needs the neighbouring pixel centres, which matters for rasters much
+            # coarser than the tile (ERA5).
             west, south, east, north = bounds_in(grid.padded(2), crs)
-            left, right = math.floor(west / xres) * xres, math.ceil(east / xres) * xres
-            bottom = math.floor(south / yres) * yres
-            top = math.ceil(north / yres) * yres
-            width = round((right - left) / xres)
-            height = round((top - bottom) / yres)
+            x0, y0 = acquisition.lattice.c, acquisition.lattice.f
+            columns = (
+                math.floor((west - x0) / xres) - 1,
+                math.ceil((east - x0) / xres) + 1,
+            )
+            rows = (
+                math.floor((y0 - north) / yres) - 1,
+                math.ceil((y0 - south) / yres) + 1,
+            )
+            left, right = x0 + columns[0] * xres, x0 + columns[1] * xres
+            top, bottom = y0 - rows[0] * yres, y0 - rows[1] * yres
+            width = columns[1] - columns[0]
+            height = rows[1] - rows[0]
             transform = Affine(xres, 0.0, left, 0.0, -yres, top)
         start, stop = acquisition.handle
         try:

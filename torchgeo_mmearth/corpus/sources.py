@@ -13,6 +13,9 @@ implement it:
   :class:`~torchgeo.datasets.RasterDataset`, queried with
   ``dataset[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax]``.
 
+ERA5 sources (monthly aggregates) are either kind too; :mod:`.era5` pairs their
+months with a tile and reduces them to the 12 stored values.
+
 Every read returns float32 arrays on the tile grid with NaN wherever the source
 has no data (outside its footprint or equal to its no-data value).
 """
@@ -38,13 +41,17 @@ from ..modalities import MODALITIES, Kind
 from .grid import WGS84, TileGrid
 
 __all__ = [
+    'ERA5_ALIASES',
+    'ERA5_VARIABLES',
     'SOURCE_BANDS',
     'Acquisition',
     'BandFile',
     'ModalitySource',
     'Scene',
+    'fill_band',
     'normalize_band',
     'orbit_from_time',
+    'read_mosaic',
     'resampling_for',
 ]
 
@@ -52,9 +59,30 @@ __all__ = [
 #: fill ``sentinel2_cloudmask``, ``sentinel2_scl`` and ``sentinel2_cloudprod``.
 S2_EXTRA_BANDS = ('QA60', 'SCL', 'MSK_CLDPRB')
 
+#: Variables of an ERA5 source: the bands of Earth Engine's ERA5-Land monthly
+#: aggregates (``ECMWF/ERA5_LAND/MONTHLY_AGGR``) that MMEarth-data used: the mean,
+#: minimum and maximum 2 m air temperature of the month (K; the extremes of the
+#: hourly values) and the month's total precipitation (m).
+ERA5_VARIABLES = (
+    'temperature_2m',
+    'temperature_2m_min',
+    'temperature_2m_max',
+    'total_precipitation_sum',
+)
+
+#: Other accepted names of the ERA5 variables: the variable part of the stored
+#: MMEarth band names (``curr_month_avg_temp``, ...).
+ERA5_ALIASES: Mapping[str, str] = {
+    'avg_temp': 'temperature_2m',
+    'min_temp': 'temperature_2m_min',
+    'max_temp': 'temperature_2m_max',
+    'total_precip': 'total_precipitation_sum',
+}
+
 #: Band names a source of each modality may provide. Sentinel-1 bands are
 #: polarisations of one orbit direction (the acquisition's), or the stored names
-#: with their orbit prefix; ``aster`` is a DEM (slope is computed from it).
+#: with their orbit prefix; ``aster`` is a DEM (slope is computed from it);
+#: ``era5`` holds monthly aggregates (see :data:`ERA5_VARIABLES`).
 SOURCE_BANDS: Mapping[str, tuple[str, ...]] = {
     'sentinel2': MODALITIES['sentinel2'].bands + S2_EXTRA_BANDS,
     'sentinel1': ('VV', 'VH', 'HH', 'HV', *MODALITIES['sentinel1'].bands),
@@ -64,6 +92,7 @@ SOURCE_BANDS: Mapping[str, tuple[str, ...]] = {
     'esa_worldcover': MODALITIES['esa_worldcover'].bands,
     'biome': MODALITIES['biome'].bands,
     'eco_region': MODALITIES['eco_region'].bands,
+    'era5': ERA5_VARIABLES,
 }
 
 # Modalities whose acquisition date matters (nearest within the window is paired).
@@ -179,7 +208,9 @@ def normalize_band(modality: str, band: str) -> str:
 
     Sentinel-2 names lose their zero padding (``B02`` is ``B2``, ``b8a`` is
     ``B8A``); Sentinel-1 polarisations are upper case (``asc_vv`` is ``asc_VV``);
-    other names are matched without regard to case.
+    ERA5 variables may also be named as in MMEarth (:data:`ERA5_ALIASES`:
+    ``avg_temp`` is ``temperature_2m``); other names are matched without regard to
+    case.
 
     Args:
         modality: modality of the source (a key of :data:`SOURCE_BANDS`).
@@ -205,6 +236,8 @@ def normalize_band(modality: str, band: str) -> str:
             text = prefix + match.group(2).upper()
     else:
         lowered = {name.lower(): name for name in SOURCE_BANDS.get(modality, ())}
+        if modality == 'era5':
+            lowered.update(ERA5_ALIASES)
         text = lowered.get(text.lower(), text)
     valid = SOURCE_BANDS.get(modality)
     if valid is None:
@@ -258,8 +291,20 @@ def orbit_from_time(date: datetime, lon: float) -> str:
 
 
 def parse_date(text: str, date_format: str | None, where: object) -> datetime:
-    """Parse a date from a file name; *where* names the file in errors."""
-    formats = (date_format,) if date_format else _DATE_FORMATS
+    """Parse a date from a file name; *where* names the file in errors.
+
+    Without a format, a month alone (``YYYYMM`` or ``YYYY-MM``, as monthly ERA5
+    files are named) is the first day of the month; longer texts are tried with
+    the formats of full dates and times.
+    """
+    if date_format:
+        formats: tuple[str, ...] = (date_format,)
+    elif re.fullmatch(r'\d{6}', text):
+        formats = ('%Y%m',)  # '%Y%m%d' would read 201912 as 2019-01-02
+    elif re.fullmatch(r'\d{4}-\d{2}', text):
+        formats = ('%Y-%m',)
+    else:
+        formats = _DATE_FORMATS
     for fmt in formats:
         try:
             return datetime.strptime(text, fmt)
@@ -305,7 +350,7 @@ def check_modality(modality: str) -> None:
         raise ValueError(
             f'Unknown modality {modality!r} for a source; valid modalities are '
             f'{list(SOURCE_BANDS)} (lat, lon and month are derived from the '
-            'Sentinel-2 tile, era5 has no raster source)'
+            'Sentinel-2 tile)'
         )
 
 
@@ -441,6 +486,42 @@ class ModalitySource(ABC):
                 [shapely.box(*a.lonlat_bounds) for a in self.acquisitions]
             )
         return self._tree
+
+
+def fill_band(out: dict[str, np.ndarray], band: str, array: np.ndarray) -> None:
+    """Add a band; where it exists, fill only its no-data (first valid wins).
+
+    Args:
+        out: the bands read so far, updated in place.
+        band: band name.
+        array: its values, NaN for no-data.
+    """
+    if band in out:
+        missing = np.isnan(out[band])
+        out[band][missing] = array[missing]
+    else:
+        out[band] = array.copy()
+
+
+def read_mosaic(
+    source: ModalitySource, acquisitions: Sequence[Acquisition], grid: TileGrid
+) -> dict[str, np.ndarray]:
+    """Read acquisitions onto a tile grid as one mosaic (first valid value wins).
+
+    Args:
+        source: the source.
+        acquisitions: some of its acquisitions, in mosaic order.
+        grid: the tile grid.
+
+    Returns:
+        One float32 ``(size, size)`` array per band read, NaN where no acquisition
+        has data; empty when *acquisitions* is.
+    """
+    out: dict[str, np.ndarray] = {}
+    for acquisition in acquisitions:
+        for band, array in source.read(acquisition, grid).items():
+            fill_band(out, band, array)
+    return out
 
 
 def lonlat_bounds_of(

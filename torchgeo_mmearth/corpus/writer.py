@@ -210,7 +210,9 @@ def _stats_key(name: str, s2_type: str) -> str | None:
 def tile_coverage(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Fraction of a tile's pixels with at least one valid band, per modality.
 
-    Image-level modalities count 1.0 when any element is valid.
+    Image-level vectors (era5, lat, lon, month) count the fraction of valid
+    elements (ERA5 with its year window missing: 8/12); one-hot classes count 1.0
+    when the tile has a class.
 
     Args:
         arrays: the stored arrays of the tile.
@@ -220,11 +222,14 @@ def tile_coverage(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     """
     coverage = {}
     for name, array in arrays.items():
+        modality = MODALITIES[name]
         valid = valid_mask(name, array)
-        if MODALITIES[name].level is Level.PIXEL:
+        if modality.level is Level.PIXEL:
             coverage[name] = float(valid.any(axis=0).mean())
-        else:
+        elif modality.one_hot:
             coverage[name] = float(valid.any())
+        else:
+            coverage[name] = float(valid.mean())
     return coverage
 
 

@@ -27,6 +27,18 @@ Everything lies in UTM zone 32N around ``(X0, Y0)`` (about 45.1 N, 9.0 E):
 * ``dynamic_world/``: raw Dynamic World labels in EPSG:3857 at 20 m, value
   ``(i + j) % 9`` of its pixel (i, j), no-data 255 in its first 10 rows.
 * ``biome/``: a RESOLVE biome index raster in EPSG:4326, 4 everywhere.
+* ``era5/``: monthly ERA5-Land-like aggregates in EPSG:4326 at 0.1 degrees (cell
+  centres on multiples of 0.1, as ERA5-Land; 6 x 5 cells around both scenes),
+  one float32 file per variable and month (``ERA5_LAND_202006_temperature_2m.tif``)
+  for the months :data:`ERA5_MONTHS` (2019-05 to 2020-07). With ``k`` the month
+  index (:func:`era5_index`: 2019-01 is 1): ``temperature_2m`` is
+  ``270 + k + ERA5_GRADIENT (lon - 9)`` (a gradient along longitude, exact under
+  bilinear interpolation), ``temperature_2m_min`` ``260 + k``,
+  ``temperature_2m_max`` ``280 + k`` and ``total_precipitation_sum``
+  ``0.01 k`` (see :func:`era5_expected`); the north-west cell is NaN (a sea cell,
+  no declared no-data value, as ERA5-Land exports).
+* ``era5_multiband/``: the same months as 4-band files (``era5_2020-06.tif``)
+  whose band descriptions name the variables.
 
 Run ``python tests/data/corpus/data.py --root DIR`` or import :func:`write_rasters`.
 """
@@ -78,6 +90,15 @@ RES = {
 DATE_A = '20200615T103021'
 DATE_B = '20200701T103031'
 LON0, LAT0 = (float(v[0]) for v in transform(CRS_UTM, 'EPSG:4326', [X0], [Y0]))
+ERA5_VARIABLES = (
+    'temperature_2m',
+    'temperature_2m_min',
+    'temperature_2m_max',
+    'total_precipitation_sum',
+)
+ERA5_MONTHS = [(2019, m) for m in range(5, 13)] + [(2020, m) for m in range(1, 8)]
+ERA5_GRADIENT = 20.0  # K per degree of longitude
+ERA5_WEST, ERA5_NORTH, ERA5_RES = 8.75, 45.35, 0.1
 S1_FILES = {
     'S1A_IW_GRDH_20200610T173000_dual.tif': 'ramp',
     'S1A_IW_GRDH_20200625T173000_dual.tif': (-5.0, -6.0),
@@ -195,6 +216,54 @@ def _sentinel1(folder: Path) -> None:
         )
 
 
+def era5_index(year: int, month: int) -> int:
+    """Month index k of the ERA5 test values: 2019-01 is 1."""
+    return 12 * (year - 2019) + month
+
+
+def era5_expected(variable: str, year: int, month: int, lon: float = 9.0) -> float:
+    """The ERA5 test value of a variable and month at a longitude."""
+    k = era5_index(year, month)
+    if variable == 'temperature_2m':
+        return 270 + k + ERA5_GRADIENT * (lon - 9.0)
+    if variable == 'temperature_2m_min':
+        return 260.0 + k
+    if variable == 'temperature_2m_max':
+        return 280.0 + k
+    return 0.01 * k
+
+
+def era5_fields(year: int, month: int) -> np.ndarray:
+    """The (4, 5, 6) ERA5 test rasters of a month, NaN in the north-west cell."""
+    lon = ERA5_WEST + ERA5_RES * (np.arange(6) + 0.5)
+    fields = np.stack(
+        [
+            np.tile(np.array([era5_expected(v, year, month, x) for x in lon]), (5, 1))
+            for v in ERA5_VARIABLES
+        ]
+    ).astype(np.float32)
+    fields[:, 0, 0] = np.nan
+    return fields
+
+
+def _era5(root: Path) -> None:
+    transform_ = Affine(ERA5_RES, 0, ERA5_WEST, 0, -ERA5_RES, ERA5_NORTH)
+    for year, month in ERA5_MONTHS:
+        fields = era5_fields(year, month)
+        for variable, field in zip(ERA5_VARIABLES, fields, strict=True):
+            _write(
+                root / 'era5' / f'ERA5_LAND_{year}{month:02d}_{variable}.tif',
+                field,
+                'EPSG:4326',
+                transform_,
+            )
+        path = root / 'era5_multiband' / f'era5_{year}-{month:02d}.tif'
+        _write(path, fields, 'EPSG:4326', transform_)
+        with rasterio.open(path, 'r+') as dst:
+            for i, variable in enumerate(ERA5_VARIABLES, start=1):
+                dst.set_band_description(i, variable)
+
+
 def dem_expected(x: np.ndarray | float) -> np.ndarray:
     """DEM elevation at easting(s) *x*."""
     return 100 + 0.2 * (np.asarray(x) - X0)
@@ -269,6 +338,7 @@ def write_rasters(root: Path | str) -> Path:
         'EPSG:4326',
         Affine((east - west) / 40, 0, west, 0, -(north - south) / 20, north),
     )
+    _era5(root)
     return root
 
 

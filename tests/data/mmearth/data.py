@@ -261,9 +261,9 @@ def _tile_info_entry(meta: dict[str, Any]) -> dict[str, Any]:
     ]
     era5_names += [
         '0_temperature_2m_mean',
-        '0_temperature_2m_min_min',
-        '0_temperature_2m_max_max',
-        '0_total_precipitation_sum_sum',
+        '1_temperature_2m_min_min',
+        '2_temperature_2m_max_max',
+        '3_total_precipitation_sum_sum',
     ]
     return {
         'S2_DATE': meta['date'],
