@@ -1,7 +1,6 @@
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchgeo_mmearth.corpus.demo import DEMO_NAME, build_demo
+from torchgeo_mmearth.corpus.demo import DEMO_NAME, build_demo, download
 from torchgeo_mmearth.datasets import DEMO_ROOT, MMEarth
 from torchgeo_mmearth.modalities import MODALITIES
 
@@ -56,35 +55,12 @@ class TestPackagedDemo:
         assert Path(MMEarth(tmp_path, 'MMEarthDemo').root) == tmp_path
 
 
-def _download(packages: Path) -> None:
-    for args in (
-        ['bigearthnet-common==2.8.0'],
-        ['--no-binary', ':all:', 'bigearthnet-gdf-builder==0.1.10'],
-    ):
-        subprocess.run(
-            [
-                sys.executable,
-                '-m',
-                'pip',
-                'download',
-                '--no-deps',
-                '-q',
-                *args,
-                '-d',
-                str(packages),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-
-
 @pytest.mark.slow
 def test_rebuild_from_bigearthnet(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real BigEarthNet build reproduces the packaged demo, deterministically."""
     packages = tmp_path_factory.mktemp('packages')
     try:
-        _download(packages)
+        download(packages)
     except (subprocess.SubprocessError, OSError) as error:
         pytest.skip(f'cannot pip-download the BigEarthNet packages: {error}')
     digests = []

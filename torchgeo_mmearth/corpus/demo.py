@@ -142,6 +142,10 @@ def download(packages: Path) -> None:
 
     Args:
         packages: destination folder.
+
+    Raises:
+        subprocess.CalledProcessError: if pip fails.
+        subprocess.TimeoutExpired: if pip takes longer than 10 minutes.
     """
     for requirement, options in _REQUIREMENTS:
         subprocess.run(
@@ -157,6 +161,8 @@ def download(packages: Path) -> None:
                 str(packages),
             ],
             check=True,
+            # pip waits on the network; never hang a build or a test on it
+            timeout=600,
         )
 
 

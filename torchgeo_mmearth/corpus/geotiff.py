@@ -103,12 +103,12 @@ class GeoTiffSource(ModalitySource):
                         f'{band_file.path} has {info.count} bands; band index '
                         f'{band_file.index} of scene {scene.name!r} does not exist'
                     )
-        self._bands = tuple(
+        self.bands = tuple(
             band
             for band in SOURCE_BANDS[modality]
             if any(band in scene.bands for scene in self.scenes.values())
         )
-        self._acquisitions = self._group()
+        self.acquisitions = self._group()
         self._open: OrderedDict[Path, Any] = OrderedDict()
         if modality == 'era5':
             check_era5_source(self)
@@ -305,16 +305,6 @@ class GeoTiffSource(ModalitySource):
                     )
             scenes.append(Scene(name, scene_bands, date, scene_orbit, scene_level))
         return cls(scenes, modality, nodata, max_days, class_map)
-
-    @property
-    def bands(self) -> tuple[str, ...]:
-        """Canonical names of the bands this source provides."""
-        return self._bands
-
-    @property
-    def acquisitions(self) -> Sequence[Acquisition]:
-        """Every acquisition of the source, by date, orbit, level, CRS and name."""
-        return self._acquisitions
 
     def _group(self) -> tuple[Acquisition, ...]:
         groups: dict[tuple[Any, ...], list[Scene]] = {}

@@ -100,7 +100,7 @@ class TorchGeoSource(ModalitySource):
                     f'{type(dataset).__name__} does not name its bands; pass bands='
                 )
             names = SOURCE_BANDS[modality]
-        self._bands = tuple(normalize_band(modality, str(b)) for b in names)
+        self.bands = tuple(normalize_band(modality, str(b)) for b in names)
         first = Path(index.iloc[0]['filepath'])
         if modality == 'sentinel2' and nodata is None:
             nodata = 0.0
@@ -109,7 +109,7 @@ class TorchGeoSource(ModalitySource):
         self.nodata = nodata
         self.level = level and normalize_level(level, type(dataset).__name__)
         self.orbit = orbit and normalize_orbit(orbit, type(dataset).__name__)
-        self._acquisitions = self._group()
+        self.acquisitions = self._group()
         if modality == 'era5':
             check_era5_source(self)
 
@@ -140,7 +140,7 @@ class TorchGeoSource(ModalitySource):
             lonlat = lonlat_bounds_of(crs, union_bounds(footprints))
             orbit = self.orbit
             if self.modality == 'sentinel1' and orbit is None:
-                if all('_' in b for b in self._bands):
+                if all('_' in b for b in self.bands):
                     orbit = None
                 elif date is None:
                     raise ValueError(
@@ -180,16 +180,6 @@ class TorchGeoSource(ModalitySource):
                 )
             )
         return tuple(acquisitions)
-
-    @property
-    def bands(self) -> tuple[str, ...]:
-        """Canonical names of the dataset's channels."""
-        return self._bands
-
-    @property
-    def acquisitions(self) -> Sequence[Acquisition]:
-        """Groups of index entries with the same time interval, in time order."""
-        return self._acquisitions
 
     def read(self, acquisition: Acquisition, grid: TileGrid) -> dict[str, np.ndarray]:
         """Query the dataset around a tile and resample onto its grid.
@@ -242,10 +232,10 @@ class TorchGeoSource(ModalitySource):
             return {}
         data = sample['image'] if 'image' in sample else sample['mask'][None]
         array = np.asarray(data.numpy(), dtype=np.float32)
-        if array.shape != (len(self._bands), height, width):
+        if array.shape != (len(self.bands), height, width):
             raise RuntimeError(
                 f'{type(dataset).__name__} returned an array of shape {array.shape} '
-                f'for a query of {height} x {width} px with bands {list(self._bands)}'
+                f'for a query of {height} x {width} px with bands {list(self.bands)}'
             )
         # No-data: outside the footprints of the entries the query merged, and the
         # no-data value (rasterio.merge fills uncovered pixels with it).
@@ -263,9 +253,9 @@ class TorchGeoSource(ModalitySource):
         if self.nodata is not None and not math.isnan(self.nodata):
             array[array == np.float32(self.nodata)] = np.nan
         if direct:
-            return {band: array[i] for i, band in enumerate(self._bands)}
+            return {band: array[i] for i, band in enumerate(self.bands)}
         out = {}
-        for i, band in enumerate(self._bands):
+        for i, band in enumerate(self.bands):
             destination = np.full((grid.size, grid.size), np.nan, dtype=np.float32)
             reproject(
                 source=array[i],
@@ -289,7 +279,7 @@ class TorchGeoSource(ModalitySource):
             'modality': self.modality,
             'crs': self.dataset.crs.to_string(),
             'res': [float(r) for r in self.dataset.res],
-            'bands': list(self._bands),
+            'bands': list(self.bands),
             'nodata': self.nodata,
             'max_days': self.max_days,
             'class_map': sorted((self.class_map or {}).items()),

@@ -384,15 +384,10 @@ class ModalitySource(ABC):
         self.class_map = dict(class_map) if class_map is not None else None
         self._tree: Any = None
 
-    @property
-    @abstractmethod
-    def bands(self) -> tuple[str, ...]:
-        """Canonical names of the bands this source provides."""
-
-    @property
-    @abstractmethod
-    def acquisitions(self) -> Sequence[Acquisition]:
-        """Every acquisition of the source, in a stable order."""
+    #: Canonical names of the bands this source provides (set by subclasses).
+    bands: tuple[str, ...]
+    #: Every acquisition of the source, in a stable order (set by subclasses).
+    acquisitions: Sequence[Acquisition]
 
     @abstractmethod
     def read(self, acquisition: Acquisition, grid: TileGrid) -> dict[str, np.ndarray]:

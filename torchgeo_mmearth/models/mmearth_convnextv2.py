@@ -30,7 +30,12 @@ The official checkpoints are timm pretrained tags of the architecture they fit
         pretrained_cfg_overlay={'file': 'checkpoint-199.pth'},  # a local copy
     )
 
-Every entry point also takes TorchGeo-style weights::
+Every entry point takes the same arguments: ``pretrained`` loads the weights of
+the timm pretrained tag (timm style); ``weights`` loads TorchGeo-style weights, an
+:class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
+(``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint, and the model
+then takes their input bands and patch size; further keyword arguments go to
+:class:`MMEarthConvNeXtV2` and timm. Each returns the model::
 
     mmearth_convnextv2_atto(weights=MMEarthWeights.S2_MP_MAE)
 """
@@ -992,16 +997,7 @@ def mmearth_convnextv2_atto(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('atto', None, pretrained, weights, **kwargs)
 
@@ -1012,16 +1008,7 @@ def mmearth_convnextv2_atto_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('atto', 8, pretrained, weights, **kwargs)
 
@@ -1032,16 +1019,7 @@ def mmearth_convnextv2_atto_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('atto', 16, pretrained, weights, **kwargs)
 
@@ -1052,16 +1030,7 @@ def mmearth_convnextv2_femto(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 femto, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('femto', None, pretrained, weights, **kwargs)
 
@@ -1072,16 +1041,7 @@ def mmearth_convnextv2_femto_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 femto, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('femto', 8, pretrained, weights, **kwargs)
 
@@ -1092,16 +1052,7 @@ def mmearth_convnextv2_femto_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 femto, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('femto', 16, pretrained, weights, **kwargs)
 
@@ -1112,16 +1063,7 @@ def mmearth_convnextv2_pico(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 pico, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('pico', None, pretrained, weights, **kwargs)
 
@@ -1132,16 +1074,7 @@ def mmearth_convnextv2_pico_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 pico, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('pico', 8, pretrained, weights, **kwargs)
 
@@ -1152,16 +1085,7 @@ def mmearth_convnextv2_pico_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 pico, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('pico', 16, pretrained, weights, **kwargs)
 
@@ -1172,16 +1096,7 @@ def mmearth_convnextv2_nano(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 nano, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('nano', None, pretrained, weights, **kwargs)
 
@@ -1192,16 +1107,7 @@ def mmearth_convnextv2_nano_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 nano, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('nano', 8, pretrained, weights, **kwargs)
 
@@ -1212,16 +1118,7 @@ def mmearth_convnextv2_nano_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 nano, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('nano', 16, pretrained, weights, **kwargs)
 
@@ -1232,16 +1129,7 @@ def mmearth_convnextv2_tiny(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('tiny', None, pretrained, weights, **kwargs)
 
@@ -1252,16 +1140,7 @@ def mmearth_convnextv2_tiny_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('tiny', 8, pretrained, weights, **kwargs)
 
@@ -1272,16 +1151,7 @@ def mmearth_convnextv2_tiny_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('tiny', 16, pretrained, weights, **kwargs)
 
@@ -1292,16 +1162,7 @@ def mmearth_convnextv2_base(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 base, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('base', None, pretrained, weights, **kwargs)
 
@@ -1312,16 +1173,7 @@ def mmearth_convnextv2_base_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 base, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('base', 8, pretrained, weights, **kwargs)
 
@@ -1332,16 +1184,7 @@ def mmearth_convnextv2_base_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 base, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('base', 16, pretrained, weights, **kwargs)
 
@@ -1352,16 +1195,7 @@ def mmearth_convnextv2_large(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 large, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('large', None, pretrained, weights, **kwargs)
 
@@ -1372,16 +1206,7 @@ def mmearth_convnextv2_large_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 large, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('large', 8, pretrained, weights, **kwargs)
 
@@ -1392,16 +1217,7 @@ def mmearth_convnextv2_large_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 large, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('large', 16, pretrained, weights, **kwargs)
 
@@ -1412,16 +1228,7 @@ def mmearth_convnextv2_huge(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 huge, patch size 8 (16 by ``patch_size`` or *weights*).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('huge', None, pretrained, weights, **kwargs)
 
@@ -1432,16 +1239,7 @@ def mmearth_convnextv2_huge_p8(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 huge, patch size 8 (56 px MMEarth64 pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('huge', 8, pretrained, weights, **kwargs)
 
@@ -1452,15 +1250,6 @@ def mmearth_convnextv2_huge_p16(
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 huge, patch size 16 (112 px MMEarth pretraining).
 
-    Args:
-        pretrained: load the weights of the timm pretrained tag (timm style).
-        weights: weights to load (TorchGeo style): an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint;
-            the model takes their input bands and patch size.
-        **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
-
-    Returns:
-        The model.
+    Arguments as for every entry point (see the module docstring).
     """
     return _create('huge', 16, pretrained, weights, **kwargs)
