@@ -3,11 +3,13 @@
 ``torchgeo-mmearth fit|validate|test|predict ...`` is TorchGeo's own command-line
 interface (LightningCLI) with this plugin imported first, so configs can name the
 plugin's classes by their short names (``class_path: MPMAETask``) and weights by
-their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Two more subcommands:
+their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Three more subcommands:
 
 * ``build-corpus``: build an MMEarth-format corpus from your own rasters;
 * ``export-weights CKPT OUT``: write the encoder of an :class:`MPMAETask`
-  checkpoint as a timm state dict with its metadata.
+  checkpoint as a timm state dict with its metadata;
+* ``probe``: frozen-feature k-NN and linear probes and label efficiency on any
+  TorchGeo classification datamodule (:mod:`torchgeo_mmearth.evaluation`).
 """
 
 import argparse
@@ -111,6 +113,10 @@ def main(args: Sequence[str] | None = None) -> int:
         from .corpus.cli import main as build_corpus
 
         return build_corpus(argv[1:])
+    if argv[:1] == ['probe']:
+        from .evaluation.cli import main as probe
+
+        return probe(argv[1:])
 
     # Importing the plugin registers its classes with jsonargparse (short class
     # names), its models with timm and smp, and its weights with TorchGeo.
@@ -118,5 +124,7 @@ def main(args: Sequence[str] | None = None) -> int:
 
     from . import datamodules, models, trainers  # noqa: F401
 
-    torchgeo.main.main(argv)
+    # From the console script, let LightningCLI read sys.argv itself: passing it
+    # explicitly makes Lightning warn that args is meant for calls from Python.
+    torchgeo.main.main(None if args is None else argv)
     return 0

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from torchgeo_mmearth.corpus.demo import DEMO_NAME, build_demo, download
+from torchgeo_mmearth.corpus.demo import (
+    BIGEARTHNET_CLASSES,
+    DEMO_NAME,
+    build_demo,
+    download,
+)
 from torchgeo_mmearth.datasets import DEMO_ROOT, MMEarth
 from torchgeo_mmearth.modalities import MODALITIES
 
@@ -44,6 +49,14 @@ class TestPackagedDemo:
         assert len(with_s1) == 24  # 6 patches with a Sentinel-1 partner
         assert np.isfinite(s1).any(axis=(1, 2, 3)).sum() == 24
         assert 'CDLA-Permissive-1.0' in (FOLDER / 'README.md').read_text()
+        labels = json.loads((FOLDER / f'data_{DEMO_NAME}_labels.json').read_text())
+        assert labels['classes'] == list(BIGEARTHNET_CLASSES)
+        assert labels['labels'].keys() == info.keys()
+        # patch S2A_MSIL2A_20170613T101031_87_48 (tiles 000000-000003):
+        # 'Non-irrigated arable land' and 'Land principally occupied by agriculture,
+        # with significant areas of natural vegetation'
+        assert labels['labels']['000000'] == [11, 20]
+        assert all(1 <= len(v) <= 5 for v in labels['labels'].values())
         size = sum(p.stat().st_size for p in FOLDER.iterdir())
         assert size < 6_000_000
 
@@ -83,7 +96,12 @@ def test_rebuild_from_bigearthnet(tmp_path_factory: pytest.TempPathFactory) -> N
         ):
             for key in packaged:
                 np.testing.assert_array_equal(new[key][...], packaged[key][...])
-        for suffix in ('_band_stats.json', '_splits.json', '_tile_info.json'):
+        for suffix in (
+            '_band_stats.json',
+            '_splits.json',
+            '_tile_info.json',
+            '_labels.json',
+        ):
             name_ = f'data_{DEMO_NAME}{suffix}'
             assert (folder / name_).read_text() == (FOLDER / name_).read_text()
     assert digests[0] == digests[1]

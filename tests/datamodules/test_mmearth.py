@@ -7,8 +7,10 @@ import pytest
 import torch
 from lightning import LightningModule, Trainer
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from torchgeo_mmearth.datamodules import MMEarthDataModule
+from torchgeo_mmearth.datamodules.utils import PackedDataLoader, pack_collate
 from torchgeo_mmearth.modalities import MODALITIES
 
 PIXEL_KEYS = [m.key for m in MODALITIES.values() if m.level == 'pixel']
@@ -175,6 +177,63 @@ def test_validation_split_choices(mmearth_root: Path) -> None:
     )  # type: ignore[arg-type]
 
 
+def test_workers_send_the_batches_of_the_default_path(mmearth_root: Path) -> None:
+    """Packed batches from two workers equal TorchGeo's default loader's, bit for bit."""
+    dm = datamodule(mmearth_root, num_workers=2, train_split='train', batch_size=4)
+    dm.setup('fit')
+    dm.setup('test')
+    train = dm.train_dataloader()
+    assert isinstance(train, PackedDataLoader)
+    assert train.collate_fn is pack_collate and train.drop_last
+    assert train.persistent_workers
+    assert len(next(iter(train))['tile_id']) == 4
+    packed = list(dm.test_dataloader())
+    plain = list(DataLoader(dm.test_dataset, batch_size=4))  # type: ignore[arg-type]
+    assert len(packed) == len(plain) == 1
+    assert list(packed[0]) == list(plain[0])  # key order
+    for key, expected in plain[0].items():
+        got = packed[0][key]
+        if isinstance(expected, Tensor):
+            assert got.dtype == expected.dtype and got.shape == expected.shape, key
+            assert got.numpy().tobytes() == expected.numpy().tobytes(), key
+        else:
+            assert got == expected
+    assert packed[0]['image_sentinel2'].dtype == torch.uint16
+
+
+def test_without_workers_the_loader_is_plain(mmearth_root: Path) -> None:
+    dm = datamodule(mmearth_root, modalities=['sentinel2'])
+    dm.setup('fit')
+    loader = dm.train_dataloader()
+    assert loader.collate_fn is dm.collate_fn
+    assert isinstance(next(iter(loader)), dict)
+
+
+@pytest.mark.parametrize(
+    ('pin_memory', 'cuda', 'pinned'),
+    [(True, True, True), (True, False, False), (False, True, False)],
+)
+def test_pin_memory(
+    mmearth_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pin_memory: bool,
+    cuda: bool,
+    pinned: bool,
+) -> None:
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    dm = datamodule(mmearth_root, num_workers=1, pin_memory=pin_memory)
+    dm.setup('fit')
+    assert dm.train_dataloader().pin_memory is pinned
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_pinned_batches(mmearth_root: Path) -> None:
+    dm = datamodule(mmearth_root, num_workers=1)
+    dm.setup('fit')
+    batch = next(iter(dm.train_dataloader()))
+    assert all(v.is_pinned() for v in batch.values() if isinstance(v, Tensor))
+
+
 class BatchCheck(LightningModule):
     """Records what the training and validation steps receive."""
 
@@ -220,8 +279,14 @@ class RankRecorder(BatchCheck):
         self.directory = directory
 
     def on_train_epoch_end(self) -> None:
+        loader = self.trainer.train_dataloader
+        assert loader is not None
         Path(self.directory, f'rank{self.global_rank}.txt').write_text(
             '\n'.join(self.seen)
+        )
+        names = (type(loader), type(loader.sampler), loader.collate_fn)
+        Path(self.directory, f'loader{self.global_rank}.txt').write_text(
+            ' '.join(name.__name__ for name in names)
         )
 
 
@@ -254,3 +319,7 @@ def test_distributed_ranks_read_their_own_share(
     ]
     assert len(shares[0]) == len(shares[1]) == 3
     assert not shares[0] & shares[1]
+    for rank in (0, 1):  # Lightning re-created the packed loader with its sampler
+        assert Path(tmp_path, f'loader{rank}.txt').read_text() == (
+            'PackedDataLoader DistributedSampler pack_collate'
+        )

@@ -383,6 +383,10 @@ class TestErrors:
             OSError, match=f"cannot read row {row} of dataset 'sentinel2'"
         ):
             ds[0]
+        with pytest.raises(
+            OSError, match=f"cannot read row {row} of dataset 'sentinel2'"
+        ):
+            ds.__getitems__([1, 0, 2])
 
     def test_stats_do_not_match(self, mmearth_root: Path, tmp_path: Path) -> None:
         folder = copy_subset(mmearth_root, 'MMEarth64', tmp_path)
@@ -412,6 +416,101 @@ class TestErrors:
             ValueError, match="dataset 'month' is int32, expected float32"
         ):
             MMEarth(tmp_path, 'MMEarth64', modalities=['month'])
+
+
+def same_samples(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same keys in the same order, same dtypes and shapes, bitwise equal values."""
+    if list(a) != list(b):
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, torch.Tensor):
+            if not (
+                isinstance(other, torch.Tensor)
+                and value.dtype == other.dtype
+                and value.shape == other.shape
+                and value.numpy().tobytes() == other.numpy().tobytes()
+            ):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+class TestBatchedReads:
+    """``__getitems__``, which the DataLoader calls with the indices of a batch."""
+
+    @pytest.mark.parametrize('normalize', [True, False])
+    def test_same_as_one_at_a_time(self, mmearth_root: Path, normalize: bool) -> None:
+        ds = MMEarth(
+            mmearth_root,
+            'MMEarth64',
+            modalities=ALL_MODALITIES,
+            modality_bands={'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VV']},
+            normalize=normalize,
+        )
+        indices = [3, 0, 5, 0, -1]
+        batch = ds.__getitems__(indices)
+        assert len(batch) == len(indices)
+        for sample, index in zip(batch, indices, strict=True):
+            assert same_samples(sample, ds[index])
+        assert batch[1]['image_sentinel2'] is not batch[3]['image_sentinel2']
+        assert ds.__getitems__([]) == []
+
+    def test_transforms_see_each_sample(self, mmearth_root: Path) -> None:
+        seen: list[str] = []
+
+        def transform(sample: dict[str, Any]) -> dict[str, Any]:
+            seen.append(sample['tile_id'])
+            return {**sample, 'mean': sample['image_sentinel2'].nanmean()}
+
+        ds = MMEarth(
+            mmearth_root, 'MMEarth64', modalities=['sentinel2'], transforms=transform
+        )
+        batch = ds.__getitems__([2, 1])
+        assert seen == [batch[0]['tile_id'], batch[1]['tile_id']]
+        assert torch.equal(batch[0]['mean'], ds[2]['mean'])
+
+    def test_bad_indices(self, mmearth_root: Path) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['lat'])
+        with pytest.raises(IndexError):
+            ds.__getitems__([0, len(ds)])
+        with pytest.raises(IndexError):
+            ds[len(ds)]
+        with pytest.raises(TypeError):
+            ds[1.5]  # type: ignore[index]
+
+    def test_dataloader_uses_batched_reads(
+        self, mmearth_root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2', 'biome'])
+        calls: list[list[int]] = []
+        original = MMEarth.__getitems__
+
+        def record(self: MMEarth, indices: list[int]) -> list[dict[str, Any]]:
+            calls.append(list(indices))
+            return original(self, indices)
+
+        monkeypatch.setattr(MMEarth, '__getitems__', record)
+        batches = list(DataLoader(ds, batch_size=4))
+        assert calls == [[0, 1, 2, 3], [4, 5]]
+        assert batches[1]['tile_id'] == [ds[4]['tile_id'], ds[5]['tile_id']]
+
+    def test_chunk_stored_without_compression(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        """A chunk for which HDF5 skipped the deflate filter is read as stored."""
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        ds = MMEarth(tmp_path, 'MMEarth64', modalities=['aster'], normalize=False)
+        row = int(ds.indices[0])
+        tile = np.arange(2 * 64 * 64, dtype=np.int16).reshape(1, 2, 64, 64)
+        with h5py.File(h5_path(tmp_path, 'MMEarth64'), 'r+') as f:
+            f['aster'].id.write_direct_chunk((row, 0, 0, 0), tile.tobytes(), 1)
+            assert f['aster'].id.read_direct_chunk((row, 0, 0, 0))[0] == 1
+        assert np.array_equal(raw(tmp_path, 'MMEarth64', 'aster', row), tile[0])
+        aster = ds[0]['image_aster']
+        assert np.array_equal(aster.numpy(), tile[0])
+        aster += 1  # a writable tensor of its own
 
 
 class TestLayouts:

@@ -18,6 +18,8 @@ neighbouring crops overlap by 8 px), and the splits keep the four crops of a
 patch together (``split_by='scene'``) so that no pixel is in two splits.
 Sentinel-1 is paired by location and time (nearest acquisition within 7 days per
 orbit direction); every other modality is no-data, lat/lon/month are derived.
+``data_bigearthnet_demo_labels.json`` keeps the BigEarthNet labels (43-class
+nomenclature) of the patch each tile was cropped from, for downstream examples.
 
 Run it as::
 
@@ -30,6 +32,7 @@ or with ``--download`` to run the two ``pip download`` commands itself.
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import tarfile
@@ -38,15 +41,23 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from rasterio.warp import transform as transform_coords
+from torchgeo.datasets import BigEarthNet
+
 from ..datasets.mmearth import DEMO_ROOT, MMEarth
 from .bigearthnet import bigearthnet_source
 from .builder import BuildReport, build_corpus
 from .locations import grid_locations
+from .writer import _write_json
 
-__all__ = ['DEMO_NAME', 'build_demo', 'main']
+__all__ = ['BIGEARTHNET_CLASSES', 'DEMO_NAME', 'build_demo', 'main', 'write_labels']
 
 #: Corpus name of the demo (folder ``data_bigearthnet_demo``).
 DEMO_NAME = MMEarth.subsets['MMEarthDemo'].removeprefix('data_')
+
+#: BigEarthNet's 43-class nomenclature (CORINE Land Cover level 3), in the
+#: order of TorchGeo's ``BigEarthNet.class_sets[43]``.
+BIGEARTHNET_CLASSES: tuple[str, ...] = tuple(BigEarthNet.class_sets[43])
 
 _WHEEL = 'bigearthnet_common-2.8.0-py3-none-any.whl'
 _SDIST = 'bigearthnet-gdf-builder-0.1.10.tar.gz'
@@ -64,6 +75,8 @@ of the PyPI packages bigearthnet-common 2.8.0 and bigearthnet-gdf-builder 0.1.10
 14 Sentinel-2 L2A patches (four corner crops each) and the 6 Sentinel-1 patches
 that overlap them (VV and VH, paired by location and date). All other modalities
 are no-data; lat, lon and month are derived. Splits (by patch): 40 / 8 / 8 tiles.
+`data_bigearthnet_demo_labels.json` gives every tile the BigEarthNet labels
+(43-class nomenclature) of the patch it was cropped from.
 
 ## Source data and licence
 
@@ -166,6 +179,53 @@ def download(packages: Path) -> None:
         )
 
 
+def write_labels(folder: Path, s2_roots: Sequence[Path]) -> Path:
+    """Write ``<corpus>_labels.json``: the BigEarthNet labels of every tile.
+
+    A tile inherits the labels of the Sentinel-2 patch it was cropped from: the
+    patch whose bounds hold the tile's centre (``lat``/``lon`` of its tile info;
+    two patches of one acquisition share an ``S2_SCENE``). BigEarthNet labels are
+    per 120 px patch, so a 64 px corner crop may lack some of its classes.
+
+    Args:
+        folder: the corpus folder (``.../data_bigearthnet_demo``).
+        s2_roots: folders holding the patches' ``*_labels_metadata.json``.
+
+    Returns:
+        The written file: ``{'classes': [...43 names], 'labels': {tile id:
+        [class indices]}}``.
+
+    Raises:
+        ValueError: if a tile's centre lies in no patch, or in two.
+    """
+    patches = [
+        json.loads(path.read_text())
+        for root in s2_roots
+        for path in sorted(Path(root).rglob('*_labels_metadata.json'))
+    ]
+    tile_info = json.loads((folder / f'{folder.name}_tile_info.json').read_text())
+    index = {name: i for i, name in enumerate(BIGEARTHNET_CLASSES)}
+    labels: dict[str, list[int]] = {}
+    for tile_id, info in tile_info.items():
+        found = set()
+        for patch in patches:
+            (x,), (y,) = transform_coords(
+                'EPSG:4326', patch['projection'], [info['lon']], [info['lat']]
+            )
+            box = patch['coordinates']
+            if box['ulx'] < x < box['lrx'] and box['lry'] < y < box['uly']:
+                found.add(tuple(sorted(index[name] for name in patch['labels'])))
+        if len(found) != 1:
+            raise ValueError(
+                f'tile {tile_id} of {folder}: its centre lies in {len(found)} '
+                'labelled patches, expected exactly one'
+            )
+        labels[tile_id] = list(found.pop())
+    path = folder / f'{folder.name}_labels.json'
+    _write_json(path, {'classes': list(BIGEARTHNET_CLASSES), 'labels': labels})
+    return path
+
+
 def build_demo(
     packages: Path,
     root: Path = DEMO_ROOT,
@@ -202,6 +262,7 @@ def build_demo(
             overwrite=overwrite,
             progress=progress,
         )
+        write_labels(report.folder, s2_roots)
     (report.folder / 'README.md').write_text(ATTRIBUTION)
     return report
 

@@ -11,6 +11,7 @@ from torchgeo.datamodules import NonGeoDataModule
 
 from ..datasets import MMEarth
 from ..transforms import MMEarthNormalize
+from .utils import PackedDataLoader
 
 __all__ = ['MMEarthDataModule']
 
@@ -22,8 +23,11 @@ class MMEarthDataModule(NonGeoDataModule):
     """LightningDataModule for the :class:`~torchgeo_mmearth.datasets.MMEarth` corpora.
 
     DataLoader workers return the raw stored values (uint16 Sentinel-2, uint8 class
-    codes, ...), so they move as few bytes as possible. After the batch reaches the
-    device, ``on_after_batch_transfer`` runs, all with Kornia-compatible modules:
+    codes, ...), so they move as few bytes as possible, and send each batch to the
+    main process as one shared buffer
+    (:class:`~torchgeo_mmearth.datamodules.utils.PackedDataLoader`; the batches are
+    the usual dictionaries of tensors). After the batch reaches the device,
+    ``on_after_batch_transfer`` runs, all with Kornia-compatible modules:
 
     1. :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`: no-data to NaN or
        the ignore index, z-score with the corpus band statistics (this replaces
@@ -146,8 +150,19 @@ class MMEarthDataModule(NonGeoDataModule):
         self.aug = _pipeline(self.normalizer, evaluation)
 
     def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
-        """TorchGeo's loader factory, with pinned memory for CUDA transfers."""
-        return DataLoader(
+        """TorchGeo's loader factory, with packed batches and pinned memory.
+
+        The loader is a
+        :class:`~torchgeo_mmearth.datamodules.utils.PackedDataLoader`: with
+        workers, each batch crosses to the main process as one buffer.
+
+        Args:
+            split: 'train', 'val', 'test' or 'predict'.
+
+        Returns:
+            The DataLoader of *split*.
+        """
+        return PackedDataLoader(
             dataset=self._valid_attribute(f'{split}_dataset', 'dataset'),
             batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),
             shuffle=split == 'train',

@@ -1,6 +1,7 @@
 """MMEarth dataset: a fast, faithful reader of the published MMEarth HDF5 corpora."""
 
 import json
+import operator
 import os
 import re
 import weakref
@@ -99,12 +100,15 @@ class _TileReader:
         self.direct = _is_gzip_per_tile(dataset)
 
     def __call__(self, row: int) -> np.ndarray:
+        """Return the tile at *row* as a new, writable array in native byte order."""
         if not self.direct:
             return np.asarray(self.dataset[row])
         filter_mask, chunk = self.dataset.id.read_direct_chunk(
             (row,) + (0,) * len(self.tile_shape)
         )
-        if not filter_mask & 1:  # bit 0 set: HDF5 skipped the deflate filter
+        if filter_mask & 1:  # bit 0 set: HDF5 skipped the deflate filter
+            chunk = bytearray(chunk)  # writable, like the inflated buffer
+        else:
             chunk = deflate.zlib_decompress(chunk, self.nbytes)
         array = np.frombuffer(chunk, dtype=self.dtype).reshape(self.tile_shape)
         if not self.dtype.isnative:
@@ -286,25 +290,49 @@ class MMEarth(NonGeoDataset):
         Raises:
             OSError: naming the file, dataset and row when a tile cannot be read.
         """
-        row = int(self.indices[index])
-        tile_id, s2_type = self._metadata(row)
-        sample: Sample = {}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """Return several tiles at once.
+
+        PyTorch's DataLoader calls this method, when present, with the indices of a
+        whole batch. The result equals ``[self[i] for i in indices]``; reading one
+        modality for all tiles in a row only saves Python overhead.
+
+        Args:
+            indices: indices within the split.
+
+        Returns:
+            One sample per index, as returned by :meth:`__getitem__`.
+
+        Raises:
+            OSError: naming the file, dataset and row when a tile cannot be read.
+        """
+        positions = [operator.index(index) for index in indices]
+        rows: list[int] = self.indices[positions].tolist()
+        samples: list[Sample] = [{} for _ in rows]
         for name, key, one_hot, selection in self._plan:
-            raw = self._read(name, row)
+            tiles = self._read(name, rows)
             if one_hot:
-                sample[key] = torch.tensor(_one_hot_index(raw))
+                for sample, tile in zip(samples, tiles, strict=True):
+                    sample[key] = torch.tensor(_one_hot_index(tile))
             elif selection is not None:
-                sample[key] = torch.from_numpy(raw[selection])
+                for sample, tile in zip(samples, tiles, strict=True):
+                    sample[key] = torch.from_numpy(tile[selection])
             else:
-                sample[key] = torch.from_numpy(np.require(raw, requirements='W'))
-        sample['s2_type'] = torch.tensor(s2_type)
-        sample['tile_id'] = tile_id
+                for sample, tile in zip(samples, tiles, strict=True):
+                    sample[key] = torch.from_numpy(tile)
+        records = self._read('metadata', rows)
+        for sample, row, record in zip(samples, rows, records, strict=True):
+            tile_id, s2_type = self._metadata(row, record)
+            sample['s2_type'] = torch.tensor(s2_type)
+            sample['tile_id'] = tile_id
 
         if self.normalize:
-            sample = self.normalizer(sample)
+            samples = [self.normalizer(sample) for sample in samples]
         if self.transforms is not None:
-            sample = self.transforms(sample)
-        return sample
+            samples = [self.transforms(sample) for sample in samples]
+        return samples
 
     def close(self) -> None:
         """Close this process's HDF5 handle; the next read reopens it."""
@@ -362,17 +390,23 @@ class MMEarth(NonGeoDataset):
             self._readers[name] = _TileReader(file[name])
         return self._readers[name]
 
-    def _read(self, name: str, row: int) -> np.ndarray:
+    def _read(self, name: str, rows: Sequence[int]) -> list[np.ndarray]:
+        """The tiles of dataset *name* at *rows*, as new writable arrays."""
+        tiles = []
+        row = rows[0] if len(rows) else -1
         try:
-            return self._reader(name)(row)
+            read = self._reader(name)
+            for row in rows:
+                tiles.append(read(row))
         except (OSError, ValueError, deflate.DeflateError) as error:
             raise OSError(
                 f'{self.h5_path}: cannot read row {row} of dataset {name!r} ({error}); '
                 'the file may be corrupt or truncated'
             ) from error
+        return tiles
 
-    def _metadata(self, row: int) -> tuple[str, int]:
-        record = self._read('metadata', row)
+    def _metadata(self, row: int, record: np.ndarray) -> tuple[str, int]:
+        """Tile id and Sentinel-2 processing level index of one metadata record."""
         tile_id = bytes(record[()][0]).rstrip(b'\0').decode()
         if self._s2_type_by_row is not None:
             return tile_id, int(self._s2_type_by_row[row])

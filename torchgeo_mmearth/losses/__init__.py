@@ -14,7 +14,7 @@ from .pretext import (
     masked_patch_cross_entropy,
     masked_patch_mse,
 )
-from .tasks import PretextTask, default_pretext_tasks, patchify, unpatchify
+from .tasks import PretextTask, check_tasks, default_pretext_tasks, patchify, unpatchify
 from .uncertainty import UncertaintyWeighting
 
 __all__ = (

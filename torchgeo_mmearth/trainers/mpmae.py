@@ -22,8 +22,9 @@ from torchgeo.trainers import BaseTask
 from ..losses import PretextTask, patchify, unpatchify
 from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
 from ..models import MPMAE, MPMAEOutput
+from .optim import warmup_cosine
 
-__all__ = ['MPMAETask']
+__all__ = ['MPMAETask', 'plot_reconstruction']
 
 
 class MPMAETask(BaseTask):
@@ -303,7 +304,7 @@ class MPMAETask(BaseTask):
             )
         warmup = round(hparams['warmup_epochs'] * total / epochs)
         schedule = LambdaLR(
-            optimizer, _warmup_cosine(warmup, total, hparams['min_lr'] / lr)
+            optimizer, warmup_cosine(warmup, total, hparams['min_lr'] / lr)
         )
         return {
             'optimizer': optimizer,
@@ -372,18 +373,6 @@ class MPMAETask(BaseTask):
                 experiment.add_figure(
                     f'{stage}/reconstruction', figure, self.global_step, close=False
                 )
-
-
-def _warmup_cosine(warmup: int, total: int, floor: float) -> Any:
-    """Learning-rate factor per step: linear warm-up, then cosine to *floor*."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 def _feature_std(output: MPMAEOutput) -> Tensor:

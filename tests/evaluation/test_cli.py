@@ -1,0 +1,155 @@
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchgeo_mmearth.evaluation import (
+    ExtractedFeatures,
+    evaluate_probes,
+    load_backbone,
+)
+from torchgeo_mmearth.main import main
+
+from .fake_classification import BandMeanDataModule
+
+DATAMODULE = 'tests.evaluation.fake_classification.BandMeanDataModule'
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+class Plain(BandMeanDataModule):
+    """A datamodule without partition argument nor **kwargs."""
+
+    def __init__(self, batch_size: int = 48) -> None:
+        super().__init__(batch_size=batch_size, size=8, signal=1.5)
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """A backbone checkpoint in the layout of TorchGeo's Lightning checkpoints."""
+    torch.manual_seed(0)
+    state = load_backbone('mmearth_convnextv2_atto', in_channels=12).state_dict()
+    path = tmp_path / 'backbone.ckpt'
+    torch.save(
+        {
+            'hyper_parameters': {'model': 'mmearth_convnextv2_atto'},
+            'state_dict': {f'model.{k}': v for k, v in state.items()},
+        },
+        path,
+    )
+    return path
+
+
+def test_end_to_end(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / 'out'
+    cache = tmp_path / 'features.pt'
+    args = [
+        'probe',
+        '--data',
+        DATAMODULE,
+        '--data.init_args.batch_size',
+        '48',
+        '--data.dict_kwargs.size',
+        '8',
+        '--data.dict_kwargs.signal',
+        '1.5',
+        '--weights',
+        str(weights),
+        '--in_channels',
+        '12',
+        '--k',
+        '5',
+        '10',
+        '--bootstrap',
+        '200',
+        '--fractions',
+        '0.25',
+        '1',
+        '--out',
+        str(out),
+        '--cache',
+        str(cache),
+        '--device',
+        'cpu',
+        '--progress',
+        'false',
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert 'BandMeanDataModule: multiclass, 4 classes' in printed
+    assert '| method | metric | val | test |' in printed
+    assert '# Label efficiency' in printed
+    for name in ('probe', 'label_efficiency'):
+        assert (out / f'{name}.md').read_text() in printed
+        assert (out / f'{name}.png').read_bytes().startswith(PNG)
+    rows = read(out / 'probe.csv')
+    assert [row['method'] for row in rows] == ['knn', 'linear']
+    # The same numbers through the Python API on the cached features.
+    features = ExtractedFeatures.load(cache)
+    assert features.meta['backbone']['weights'] == str(weights)
+    expected = evaluate_probes(
+        features, 'multiclass', 4, k=[5, 10], bootstrap=200, device='cpu'
+    )
+    for row, result in zip(rows, expected, strict=True):
+        assert float(row['test']) == result.test
+        assert float(row['ci_low']) == result.ci_low
+        assert float(row['value']) == result.value
+    assert float(rows[1]['test']) > 0.8  # the band means are learnable
+    efficiency = read(out / 'label_efficiency.csv')
+    assert [(r['partition'], r['method']) for r in efficiency] == [
+        ('0.25', 'knn'),
+        ('0.25', 'linear'),
+        ('1', 'knn'),
+        ('1', 'linear'),
+    ]
+    assert [int(r['num_train']) for r in efficiency] == [24, 24, 96, 96]
+    assert efficiency[3]['test'] == rows[1]['test']
+
+
+def test_config_and_partitions(tmp_path: Path, weights: Path) -> None:
+    config = tmp_path / 'probe.yaml'
+    config.write_text(
+        f"""
+model: mmearth_convnextv2_atto
+weights: {weights}
+methods: [linear]
+bootstrap: 0
+device: cpu
+progress: false
+fractions: [0.25x_train, 1.00x_train]
+out: {tmp_path / 'out'}
+data:
+  class_path: {DATAMODULE}
+  init_args:
+    batch_size: 48
+"""
+    )
+    # The partition goes to the dataset through **kwargs (dict_kwargs).
+    assert main(['probe', '--config', str(config)]) == 0
+    rows = read(tmp_path / 'out' / 'label_efficiency.csv')
+    assert [(r['partition'], r['num_train']) for r in rows] == [
+        ('0.25x_train', '24'),
+        ('1.00x_train', '96'),
+    ]
+    assert math.isnan(float(rows[0]['ci_low']))  # no bootstrap
+
+
+def test_errors(tmp_path: Path) -> None:
+    base = ['probe', '--data', DATAMODULE, '--out', str(tmp_path), '--device', 'cpu']
+    with pytest.raises(SystemExit):
+        main([*base, '--methods', 'svm'])
+    with pytest.raises(SystemExit):
+        main([*base, '--task', 'binary'])
+    with pytest.raises(ValueError, match=r'--fractions must be in \(0, 1\]'):
+        main([*base, '--fractions', '0', '0.5'])
+    plain = ['probe', '--data', 'tests.evaluation.test_cli.Plain']
+    with pytest.raises(ValueError, match='has no partition argument'):
+        main([*plain, '--fractions', '0.01x_train'])

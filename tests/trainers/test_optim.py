@@ -1,0 +1,330 @@
+"""MMEarth's fine-tuning optimiser: layer decay, weight decay, per-step cosine."""
+
+import math
+
+import pytest
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.optim import SGD, AdamW
+
+from torchgeo_mmearth.models import MMEarthUNet
+from torchgeo_mmearth.trainers import MMEarthClassificationTask
+from torchgeo_mmearth.trainers.optim import (
+    WarmupCosineLR,
+    add_param_group,
+    layer_id,
+    param_groups_layer_decay,
+)
+
+ATTO = (2, 2, 6, 2)
+
+
+def reference_layer(name: str, depths: tuple[int, ...]) -> int:
+    """MMEarth's get_num_layer_for_convnext_single, on MMEarth's module names."""
+    if name.startswith('downsample_layers'):
+        return sum(depths[: int(name.split('.')[1])]) + 1
+    if name.startswith('stages'):
+        stage, block = (int(i) for i in name.split('.')[1:3])
+        return sum(depths[:stage]) + block + 1
+    return sum(depths) + 1
+
+
+def mmearth_name(name: str) -> str:
+    """MMEarth's name of a parameter of MMEarthConvNeXtV2 (up to the leaf)."""
+    parts = name.split('.')
+    if parts[0] == 'stages' and parts[2] == 'blocks':
+        return f'stages.{parts[1]}.{parts[3]}.{".".join(parts[4:])}'
+    if parts[0] == 'stages' and parts[2] == 'downsample':
+        return f'downsample_layers.{int(parts[1]) - 1}.{".".join(parts[3:])}'
+    if parts[0] == 'stem':
+        return ('initial_conv.' if int(parts[1]) < 3 else 'stem.') + parts[1]
+    return name
+
+
+def named_groups(
+    groups: list[dict[str, object]], module: nn.Module
+) -> dict[str, tuple[float, float]]:
+    """{parameter name: (lr_scale, weight_decay)}."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    out: dict[str, tuple[float, float]] = {}
+    for group in groups:
+        for param in group['params']:  # type: ignore[attr-defined]
+            name = names[id(param)]
+            assert name not in out, f'{name} in two groups'
+            out[name] = (group['lr_scale'], group['weight_decay'])  # type: ignore[assignment]
+    return out
+
+
+@pytest.fixture(scope='module')
+def task() -> MMEarthClassificationTask:
+    return MMEarthClassificationTask(
+        model='mmearth_convnextv2_atto', in_channels=12, num_classes=10
+    )
+
+
+class TestLayerId:
+    @pytest.mark.parametrize(
+        ('name', 'layer'),
+        [
+            ('stages.0.blocks.0.conv_dw.weight', 1),
+            ('stages.0.blocks.1.mlp.grn.weight', 2),
+            ('stages.1.blocks.0.norm.bias', 3),
+            ('stages.1.blocks.1.mlp.fc2.weight', 4),
+            ('stages.2.blocks.5.mlp.fc1.weight', 10),
+            ('stages.3.blocks.0.conv_dw.weight', 11),
+            ('stages.3.blocks.1.mlp.fc2.bias', 12),
+            # MMEarth's downsample_layers.i (before stage i + 1) -> sum(depths[:i]) + 1
+            ('stages.1.downsample.1.weight', 1),
+            ('stages.2.downsample.0.weight', 3),
+            ('stages.3.downsample.1.bias', 5),
+            # The custom stem, the final norm and the head: the last layer.
+            ('stem.0.weight', 13),
+            ('stem.3.weight', 13),
+            ('norm.weight', 13),
+            ('head.weight', 13),
+        ],
+    )
+    def test_reference(self, name: str, layer: int) -> None:
+        assert layer_id(name, ATTO) == layer
+        assert layer_id(name, ATTO) == reference_layer(mmearth_name(name), ATTO)
+
+    def test_decay_stem(self) -> None:
+        assert layer_id('stem.0.weight', ATTO, decay_stem=True) == 0
+        assert layer_id('stem.4.bias', ATTO, decay_stem=True) == 0
+        assert layer_id('head.weight', ATTO, decay_stem=True) == 13
+        assert layer_id('stages.0.blocks.0.norm.bias', ATTO, decay_stem=True) == 1
+
+    def test_tiny(self) -> None:
+        depths = (3, 3, 9, 3)
+        assert layer_id('stages.2.blocks.8.norm.weight', depths) == 3 + 3 + 8 + 1
+        assert layer_id('stages.3.downsample.0.weight', depths) == 3 + 3 + 1
+        assert layer_id('stem.0.weight', depths) == 19
+
+
+class TestParamGroups:
+    def test_reference_values(self, task: MMEarthClassificationTask) -> None:
+        groups = param_groups_layer_decay(task, 0.3, 0.9)
+        got = named_groups(groups, task)
+        params = dict(task.named_parameters())
+        assert set(got) == set(params)
+        for name, (scale, decay) in got.items():
+            local = name.removeprefix('model.')
+            expected = 0.9 ** (13 - reference_layer(mmearth_name(local), ATTO))
+            assert scale == pytest.approx(expected, rel=1e-12), name
+            no_decay = params[name].ndim <= 1 or name.endswith('.bias')
+            assert decay == (0.0 if no_decay else 0.3), name
+        # The values quoted for atto: stage-0 blocks 0.9^12 and 0.9^11, ...,
+        # stage-3 blocks 0.9^2 and 0.9^1, the stem and head undecayed.
+        quoted = {
+            'model.stages.0.blocks.0.mlp.fc1.weight': 0.9**12,
+            'model.stages.0.blocks.1.mlp.fc1.weight': 0.9**11,
+            'model.stages.2.blocks.0.mlp.fc1.weight': 0.9**8,
+            'model.stages.3.blocks.0.mlp.fc1.weight': 0.9**2,
+            'model.stages.3.blocks.1.mlp.fc1.weight': 0.9**1,
+            'model.stages.3.downsample.1.weight': 0.9**8,
+            'model.stem.0.weight': 1.0,
+            'model.stem.3.weight': 1.0,
+            'model.head.weight': 1.0,
+        }
+        for name, scale in quoted.items():
+            assert got[name] == (pytest.approx(scale), 0.3)
+        # GRN gamma/beta (timm: mlp.grn.weight/bias, 1-D) and norms: no decay.
+        assert got['model.stages.1.blocks.0.mlp.grn.weight'][1] == 0.0
+        assert got['model.stages.1.blocks.0.norm.weight'][1] == 0.0
+        assert got['model.stem.0.bias'] == (1.0, 0.0)
+        # One group per (layer, decay): 14 layers x 2 minus none.
+        assert len(groups) == 2 * 13
+
+    def test_decay_stem(self, task: MMEarthClassificationTask) -> None:
+        got = named_groups(param_groups_layer_decay(task, 0.3, 0.9, True), task)
+        reference = named_groups(param_groups_layer_decay(task, 0.3, 0.9), task)
+        for name, (scale, decay) in got.items():
+            if name.startswith('model.stem.'):
+                assert scale == pytest.approx(0.9**13)
+                assert reference[name][0] == 1.0
+            else:
+                assert (scale, decay) == reference[name]
+
+    def test_without_layer_decay(self, task: MMEarthClassificationTask) -> None:
+        got = named_groups(param_groups_layer_decay(task, 0.05), task)
+        assert {scale for scale, _ in got.values()} == {1.0}
+        assert got['model.stages.0.blocks.0.mlp.fc1.weight'] == (1.0, 0.05)
+        assert got['model.stages.0.blocks.0.mlp.fc1.bias'] == (1.0, 0.0)
+
+    def test_frozen_left_out(self) -> None:
+        probe = MMEarthClassificationTask(
+            model='mmearth_convnextv2_atto',
+            in_channels=12,
+            num_classes=10,
+            freeze_backbone=True,
+        )
+        got = named_groups(param_groups_layer_decay(probe, 0.3, 0.9), probe)
+        assert got == {'model.head.weight': (1.0, 0.3), 'model.head.bias': (1.0, 0.0)}
+
+    def test_gamma_beta_names(self) -> None:
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.gamma = nn.Parameter(torch.ones(1, 1, 1, 4))
+                self.beta = nn.Parameter(torch.zeros(1, 1, 1, 4))
+                self.weight = nn.Parameter(torch.ones(4, 4))
+
+        model = nn.Sequential(Block())
+        got = named_groups(param_groups_layer_decay(model, 0.3), model)
+        assert got == {
+            '0.gamma': (1.0, 0.0),
+            '0.beta': (1.0, 0.0),
+            '0.weight': (1.0, 0.3),
+        }
+
+    def test_unet_encoder_found(self) -> None:
+        unet = MMEarthUNet(num_classes=3)
+        got = named_groups(param_groups_layer_decay(unet, 0.3, 0.9), unet)
+        assert got['encoder.stages.0.blocks.0.mlp.fc1.weight'][0] == pytest.approx(
+            0.9**12
+        )
+        assert got['encoder.stem.0.weight'][0] == 1.0
+        assert got['upsample_layers.0.conv.weight'] == (1.0, 0.3)
+        assert got['head.weight'] == (1.0, 0.3)
+
+    def test_needs_mmearth_encoder(self) -> None:
+        resnet = MMEarthClassificationTask(model='resnet18', num_classes=2)
+        with pytest.raises(ValueError, match='needs exactly one MMEarth ConvNeXt V2'):
+            param_groups_layer_decay(resnet, 0.3, 0.9)
+        with pytest.raises(ValueError, match='layer_decay must be > 0'):
+            param_groups_layer_decay(MMEarthUNet(num_classes=3), 0.3, 0.0)
+
+
+def mmearth_lr(
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    warmup: float,
+    min_lr: float,
+) -> float:
+    """MMEarth's adjust_learning_rate at the fractional epoch of a step."""
+    epoch = step / steps_per_epoch
+    if epoch < warmup:
+        return lr * epoch / warmup
+    return min_lr + (lr - min_lr) * 0.5 * (
+        1.0 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))
+    )
+
+
+def two_groups(lr: float) -> AdamW:
+    a, b = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))
+    return AdamW(
+        [
+            {'params': [a], 'lr': lr * 0.81, 'lr_scale': 0.81},
+            {'params': [b], 'lr': lr, 'lr_scale': 1.0},
+        ],
+        lr=lr,
+    )
+
+
+class TestWarmupCosineLR:
+    @pytest.mark.parametrize('warmup_epochs', [0, 2])
+    def test_values(self, warmup_epochs: int) -> None:
+        lr, min_lr, epochs, per_epoch = 8e-4, 1e-6, 10, 7
+        total = epochs * per_epoch
+        optimizer = two_groups(lr)
+        scheduler = WarmupCosineLR(optimizer, total, warmup_epochs * per_epoch, min_lr)
+        for step in [*range(total), total, total + 5]:
+            if step:
+                optimizer.step()
+                scheduler.step()
+            expected = mmearth_lr(
+                min(step, total), per_epoch, epochs, lr, warmup_epochs, min_lr
+            )
+            # MMEarth: lr_scale * adjust_learning_rate(...)
+            scales = [g['lr_scale'] for g in optimizer.param_groups]
+            got = [g['lr'] for g in optimizer.param_groups]
+            assert got == pytest.approx([s * expected for s in scales], rel=1e-12)
+
+    def test_given_steps(self) -> None:
+        optimizer = two_groups(1.0)
+        scheduler = WarmupCosineLR(optimizer, total_steps=100, min_lr=0.0)
+        lrs = {}
+        for step in range(101):
+            lrs[step] = optimizer.param_groups[1]['lr']
+            optimizer.step()
+            scheduler.step()
+        assert lrs[0] == 1.0
+        assert lrs[25] == pytest.approx(0.5 + 0.5 * math.cos(math.pi / 4))
+        assert lrs[50] == pytest.approx(0.5)
+        assert lrs[100] == pytest.approx(0.0, abs=1e-15)
+
+    def test_agrees_with_timm(self) -> None:
+        lr, total, warmup, min_lr = 1e-3, 60, 6, 1e-6
+        ours, theirs = two_groups(lr), two_groups(lr)
+        for group in theirs.param_groups:  # timm scales lr_scale itself
+            group['lr'] = lr
+        scheduler = WarmupCosineLR(ours, total, warmup, min_lr)
+        timm_scheduler = CosineLRScheduler(
+            theirs,
+            t_initial=total - warmup,
+            lr_min=min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+        for step in range(total + 3):
+            timm_scheduler.step_update(step)
+            # timm applies lr_scale after the floor; MMEarth too.
+            assert [g['lr'] for g in ours.param_groups] == pytest.approx(
+                [g['lr'] for g in theirs.param_groups], rel=1e-9
+            )
+            ours.step()
+            scheduler.step()
+
+    def test_group_added_later(self) -> None:
+        lr, total = 1e-2, 20
+        optimizer = two_groups(lr)
+        scheduler = WarmupCosineLR(optimizer, total, 0, 1e-6)
+        for _ in range(5):
+            optimizer.step()
+            scheduler.step()
+        extra = nn.Parameter(torch.zeros(3, 3))
+        assert add_param_group(optimizer, [extra], weight_decay=0.0) == [extra]
+        group = optimizer.param_groups[-1]
+        expected = mmearth_lr(5, 1, total, lr, 0, 1e-6)
+        assert group['lr'] == pytest.approx(expected)
+        assert group['initial_lr'] == pytest.approx(lr)
+        assert (group['weight_decay'], group['lr_scale']) == (0.0, 1.0)
+        state = scheduler.state_dict()
+        for step in range(6, 12):
+            optimizer.step()
+            scheduler.step()
+            assert group['lr'] == pytest.approx(mmearth_lr(step, 1, total, lr, 0, 1e-6))
+            assert optimizer.param_groups[0]['lr'] == pytest.approx(0.81 * group['lr'])
+        # A fresh scheduler resumed from the state carries on over the new group.
+        resumed = WarmupCosineLR(optimizer, total, 0, 1e-6)
+        resumed.load_state_dict(state)
+        optimizer.step()
+        resumed.step()
+        assert group['lr'] == pytest.approx(mmearth_lr(6, 1, total, lr, 0, 1e-6))
+
+    def test_errors(self) -> None:
+        optimizer = SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        with pytest.raises(ValueError, match='warmup_steps <= total_steps'):
+            WarmupCosineLR(optimizer, 10, 11)
+        with pytest.raises(ValueError, match='total_steps >= 1'):
+            WarmupCosineLR(optimizer, 0)
+        with pytest.raises(ValueError, match='min_lr must be >= 0'):
+            WarmupCosineLR(optimizer, 10, 0, -1.0)
+
+
+class TestAddParamGroup:
+    def test_skips_present_and_uses_scale_one_lr(self) -> None:
+        a, b = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))
+        optimizer = AdamW([{'params': [a], 'lr': 0.25, 'lr_scale': 0.5}], lr=0.5)
+        assert add_param_group(optimizer, [a]) == []
+        assert len(optimizer.param_groups) == 1
+        assert add_param_group(optimizer, [a, b], weight_decay=0.1) == [b]
+        group = optimizer.param_groups[-1]
+        assert group['params'] == [b]
+        assert (group['lr'], group['weight_decay'], group['lr_scale']) == (0.5, 0.1, 1)
+        assert 'initial_lr' not in group

@@ -1,0 +1,297 @@
+"""TorchGeo's image classification with MMEarth's fine-tuning recipe."""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import timm
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor, nn
+from torchgeo.models import get_weight
+from torchgeo.trainers import ClassificationTask, utils
+from torchvision.models._api import WeightsEnum
+
+from .optim import configure_optimizers
+
+__all__ = [
+    'LabelSmoothingBCEWithLogitsLoss',
+    'MMEarthClassificationTask',
+    'SmoothedInTraining',
+]
+
+
+class LabelSmoothingBCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on logits with smoothed targets.
+
+    Targets ``t`` become ``t (1 - smoothing) + (1 - t) smoothing`` before
+    :class:`torch.nn.BCEWithLogitsLoss`, as MMEarth's
+    ``LabelSmoothingBinaryCrossEntropy`` for multi-label GEO-Bench tasks
+    (m-bigearthnet).
+
+    If you use this loss in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+    """
+
+    def __init__(self, smoothing: float = 0.0, **kwargs: Any) -> None:
+        """Initialize a new LabelSmoothingBCEWithLogitsLoss instance.
+
+        Args:
+            smoothing: amount of smoothing, in [0, 1).
+            **kwargs: further arguments of :class:`torch.nn.BCEWithLogitsLoss`.
+
+        Raises:
+            ValueError: if *smoothing* is out of range.
+        """
+        if not 0 <= smoothing < 1:
+            raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
+        super().__init__(**kwargs)
+        self.smoothing = smoothing
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            input: logits.
+            target: 0/1 targets of the same shape.
+
+        Returns:
+            The loss.
+        """
+        target = target.to(input.dtype)
+        target = target * (1 - self.smoothing) + (1 - target) * self.smoothing
+        return super().forward(input, target)
+
+
+class SmoothedInTraining(nn.Module):
+    """A label-smoothed loss in training mode, the plain loss otherwise.
+
+    MMEarth trains with label smoothing and validates and tests without it; as a
+    submodule of a LightningModule this follows its mode (``train()`` during the
+    training loop, ``eval()`` during validation and test).
+    """
+
+    def __init__(self, smoothed: nn.Module, plain: nn.Module) -> None:
+        """Initialize a new SmoothedInTraining instance.
+
+        Args:
+            smoothed: the loss in training mode.
+            plain: the loss in evaluation mode.
+        """
+        super().__init__()
+        self.smoothed = smoothed
+        self.plain = plain
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """Compute the loss of the current mode.
+
+        Args:
+            input: predictions.
+            target: targets.
+
+        Returns:
+            The loss.
+        """
+        loss: Tensor = (self.smoothed if self.training else self.plain)(input, target)
+        return loss
+
+
+def smoothed_loss(criterion: nn.Module, loss: str, smoothing: float) -> nn.Module:
+    """Wrap a TorchGeo criterion so that it smooths labels in training only.
+
+    Args:
+        criterion: TorchGeo's criterion for *loss*.
+        loss: TorchGeo's loss name, ``'ce'`` or ``'bce'``.
+        smoothing: amount of label smoothing; 0 returns *criterion* itself.
+
+    Returns:
+        :class:`SmoothedInTraining` of the smoothed and the plain loss: for
+        ``'ce'``, :class:`torch.nn.CrossEntropyLoss` with ``label_smoothing``
+        (timm's ``LabelSmoothingCrossEntropy``, which MMEarth uses, without class
+        weights) keeping the criterion's class weights and ignore index; for
+        ``'bce'``, :class:`LabelSmoothingBCEWithLogitsLoss`.
+
+    Raises:
+        ValueError: for another loss, or a smoothing out of [0, 1).
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f'label_smoothing must be in [0, 1), got {smoothing}')
+    if smoothing == 0:
+        return criterion
+    smoothed: nn.Module
+    if loss == 'ce' and isinstance(criterion, nn.CrossEntropyLoss):
+        smoothed = nn.CrossEntropyLoss(
+            weight=criterion.weight,
+            ignore_index=criterion.ignore_index,
+            label_smoothing=smoothing,
+        )
+    elif loss == 'bce' and isinstance(criterion, nn.BCEWithLogitsLoss):
+        smoothed = LabelSmoothingBCEWithLogitsLoss(smoothing)
+    else:
+        raise ValueError(
+            f"label_smoothing needs loss='ce' or loss='bce', got loss={loss!r}"
+        )
+    return SmoothedInTraining(smoothed, criterion)
+
+
+def weights_state_dict(weights: WeightsEnum | str) -> dict[str, Tensor]:
+    """The state dict of TorchGeo-style weights, resolved as TorchGeo's tasks do.
+
+    Args:
+        weights: a weights enum member, the path of a Lightning checkpoint whose
+            ``model.`` keys are the backbone, or the name of an enum member
+            (``'MMEarthWeights.S2_MP_MAE'``).
+
+    Returns:
+        The state dict.
+    """
+    if isinstance(weights, WeightsEnum):
+        state_dict: dict[str, Tensor] = weights.get_state_dict(progress=True)
+    elif os.path.exists(weights):
+        _, state_dict = utils.extract_backbone(weights)
+    else:
+        state_dict = get_weight(weights).get_state_dict(progress=True)
+    return state_dict
+
+
+class MMEarthClassificationTask(ClassificationTask):
+    """TorchGeo's image classification with MMEarth's fine-tuning recipe.
+
+    :class:`torchgeo.trainers.ClassificationTask` plus the knobs of MMEarth's
+    GEO-Bench linear probing and fine-tuning (Nedungadi et al., ECCV 2024,
+    https://arxiv.org/abs/2405.02771, on GEO-Bench, https://arxiv.org/abs/2306.03831):
+
+    * label smoothing in training only (``label_smoothing``): timm's
+      ``LabelSmoothingCrossEntropy`` for ``loss='ce'``, targets
+      ``t (1 - e) + (1 - t) e`` for ``loss='bce'`` (multi-label); validation and
+      test losses are unsmoothed;
+    * AdamW without weight decay on 1-D parameters and biases
+      (``weight_decay``), layer-wise learning-rate decay (``layer_decay``,
+      ``decay_stem``) and a per-step cosine with warm-up (``lr_schedule='cosine'``,
+      ``min_lr``, ``warmup_epochs``), see :mod:`torchgeo_mmearth.trainers.optim`;
+    * arguments for the timm model (``model_kwargs``), e.g. MMEarth's stochastic
+      depth 0.1 and head initialisation (``{'drop_path_rate': 0.1,
+      'head_init_scale': 0.001}``).
+
+    Their defaults are TorchGeo's behaviour. Everything else (model, ``weights``,
+    ``freeze_backbone`` for linear probing, metrics computed over the whole split,
+    logging, the ``torchgeo`` command line) is TorchGeo's.
+
+    If you use this trainer in your research, please cite the following papers:
+
+    * https://arxiv.org/abs/2405.02771
+    * https://arxiv.org/abs/2306.03831
+    """
+
+    def __init__(
+        self,
+        model: str = 'resnet50',
+        weights: WeightsEnum | str | bool | None = None,
+        in_channels: int = 3,
+        task: Literal['binary', 'multiclass', 'multilabel'] = 'multiclass',
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        loss: Literal['ce', 'bce', 'jaccard', 'focal'] = 'ce',
+        class_weights: Tensor | Sequence[float] | None = None,
+        lr: float = 1e-3,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        label_smoothing: float = 0.0,
+        weight_decay: float | None = None,
+        layer_decay: float | None = None,
+        decay_stem: bool = False,
+        lr_schedule: Literal['plateau', 'cosine'] = 'plateau',
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 0.0,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Initialize a new MMEarthClassificationTask instance.
+
+        Args:
+            model: Name of the timm model to use, e.g.
+                ``'mmearth_convnextv2_atto'``.
+            weights: Initial model weights: a weights enum member, its name
+                (``'MMEarthWeights.S2_MP_MAE'``), True for timm's pretrained
+                weights, False or None for random weights, or the path to a
+                Lightning checkpoint.
+            in_channels: Number of input channels to model.
+            task: One of 'binary', 'multiclass', or 'multilabel'.
+            num_classes: Number of prediction classes (only for ``task='multiclass'``).
+            num_labels: Number of prediction labels (only for ``task='multilabel'``).
+            loss: One of 'ce', 'bce', 'jaccard', or 'focal'.
+            class_weights: Optional rescaling weight given to each class and used
+                with 'ce' loss.
+            lr: Learning rate (of the groups without layer decay).
+            patience: Patience of the 'plateau' learning rate schedule.
+            freeze_backbone: Freeze everything but the classifier (linear probing).
+            label_smoothing: Label smoothing of the training loss, in [0, 1);
+                needs loss 'ce' or 'bce'. MMEarth: 0.2.
+            weight_decay: AdamW weight decay of the parameters with 2 or more
+                dimensions (none on biases and 1-D parameters), or None for
+                TorchGeo's AdamW (decay 0.01 on every parameter). MMEarth: 0.3.
+            layer_decay: Layer-wise learning-rate decay factor (MMEarth: 0.9), or
+                None for none; needs an MMEarth ConvNeXt V2 model.
+            decay_stem: Decay the stem's learning rate as the lowest layer; the
+                reference leaves it undecayed (False).
+            lr_schedule: 'plateau' (TorchGeo's ReduceLROnPlateau on the
+                validation loss) or 'cosine' (MMEarth's per-step cosine).
+            min_lr: Final learning rate of the cosine. MMEarth: 1e-6.
+            warmup_epochs: Epochs of linear warm-up of the cosine. MMEarth: 0.
+            model_kwargs: Further arguments of ``timm.create_model``.
+
+        Raises:
+            ValueError: If *label_smoothing* is out of range or used with a loss
+                other than 'ce' and 'bce'.
+        """
+        super().__init__(
+            model=model,
+            weights=weights,
+            in_channels=in_channels,
+            task=task,
+            num_classes=num_classes,
+            num_labels=num_labels,
+            loss=loss,
+            class_weights=class_weights,
+            lr=lr,
+            patience=patience,
+            freeze_backbone=freeze_backbone,
+        )
+
+    def configure_models(self) -> None:
+        """Initialize the model, with ``model_kwargs`` for timm."""
+        model_kwargs = dict(self.hparams['model_kwargs'] or {})
+        if not model_kwargs:
+            super().configure_models()
+            return
+        # TorchGeo's ClassificationTask.configure_models, with model_kwargs.
+        weights = self.weights
+        self.model = timm.create_model(
+            self.hparams['model'],
+            num_classes=self.hparams['num_classes'] or self.hparams['num_labels'] or 1,
+            in_chans=self.hparams['in_channels'],
+            pretrained=weights is True,
+            **model_kwargs,
+        )
+        if weights and weights is not True:
+            utils.load_state_dict(self.model, weights_state_dict(weights))
+        if self.hparams['freeze_backbone']:
+            for param in self.model.parameters():
+                param.requires_grad = False
+            for param in self.model.get_classifier().parameters():
+                param.requires_grad = True
+
+    def configure_losses(self) -> None:
+        """Initialize the loss criterion, label-smoothed in training."""
+        super().configure_losses()
+        self.criterion = smoothed_loss(
+            self.criterion, self.hparams['loss'], self.hparams['label_smoothing']
+        )
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """Initialize the optimizer and learning rate scheduler.
+
+        Returns:
+            TorchGeo's (AdamW, ReduceLROnPlateau) with the default knobs, else
+            MMEarth's recipe (:func:`~torchgeo_mmearth.trainers.optim.configure_optimizers`).
+        """
+        return configure_optimizers(self, super().configure_optimizers)
