@@ -14,7 +14,6 @@ from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
 
 from tests.conftest import load_data_script
 from torchgeo_mmearth.datamodules import GeoBenchDataModule
-from torchgeo_mmearth.datamodules.geobench import GeoBenchNormalize
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 from torchgeo_mmearth.models import MMEarthWeights
 
@@ -113,7 +112,7 @@ class TestNormalisation:
         assert batch['image'].mean() > 500
         assert out['image'].abs().mean() < 3
         assert out['image'].mean().abs() < 1
-        assert dm.train_aug is None and dm.aug is dm.normalizer
+        assert dm.train_aug is None and dm.aug is not None
 
     @pytest.mark.parametrize('scale', [10_000.0, 1.0])
     def test_so2sat(self, data: ModuleType, tmp_path: Path, scale: float) -> None:
@@ -153,19 +152,6 @@ class TestNormalisation:
         for mask in out['mask']:
             assert tuple(mask.numpy().astype(np.float64).ravel()) in masks
         assert out['image'].shape == (2, 12, 32, 32)  # native size, no crop
-
-    def test_normalize_module(self) -> None:
-        norm = GeoBenchNormalize([1.0, 2.0], [2.0, 4.0])
-        x = torch.tensor([[[3.0]], [[10.0]]])
-        out = norm({'image': x, 'mask': torch.ones(1, 1, dtype=torch.int64)})
-        torch.testing.assert_close(out['image'], torch.tensor([[[1.0]], [[2.0]]]))
-        assert out['mask'].dtype == torch.int64
-        with pytest.raises(ValueError, match='2 channels at dimension -3'):
-            norm({'image': torch.zeros(3, 4, 4)})
-        with pytest.raises(ValueError, match='std must be positive'):
-            GeoBenchNormalize([0.0], [0.0])
-        with pytest.raises(ValueError, match='one value per channel'):
-            GeoBenchNormalize([0.0], [1.0, 2.0])
 
 
 class TestBands:
@@ -306,7 +292,7 @@ class TestWithTorchGeoTasks:
             enable_model_summary=False,
         )
         trainer.fit(task, dm)
-        assert dm.normalizer is not None and trainer.state.finished
+        assert dm.aug is not None and trainer.state.finished
 
     def test_segmentation(self, root: Path) -> None:
         dm = GeoBenchDataModule('m-SA-crop-type', root=str(root), batch_size=2)

@@ -3,8 +3,8 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import kornia.augmentation as K
 import torch
-from torch import Tensor, nn
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
@@ -13,79 +13,7 @@ from ..datasets import GeoBench
 from ..datasets.geobench import resolve_task
 from ..models.weights import canonical_band_name
 
-__all__ = ['GeoBenchDataModule', 'GeoBenchNormalize']
-
-
-class GeoBenchNormalize(nn.Module):
-    """Z-score ``sample[key]`` per channel; every other entry passes untouched.
-
-    Acts on one sample (C, H, W) or a batch (B, C, H, W) on any device (the
-    statistics follow the input); outputs are float32. Masks and labels are not
-    touched, so they stay exact.
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(
-        self, mean: Sequence[float], std: Sequence[float], key: str = 'image'
-    ) -> None:
-        """Initialize a new GeoBenchNormalize instance.
-
-        Args:
-            mean: per-channel mean.
-            std: per-channel standard deviation (positive).
-            key: the sample entry to normalise.
-
-        Raises:
-            ValueError: if *mean* and *std* differ in length or a std is not
-                positive.
-        """
-        super().__init__()
-        if len(mean) != len(std) or not len(mean):
-            raise ValueError(
-                f'mean and std need one value per channel, got {len(mean)} and '
-                f'{len(std)}'
-            )
-        if min(std) <= 0:
-            raise ValueError(f'std must be positive, got {list(std)}')
-        self.register_buffer(
-            'mean', torch.tensor(mean, dtype=torch.float32), persistent=False
-        )
-        self.register_buffer(
-            'std', torch.tensor(std, dtype=torch.float32), persistent=False
-        )
-        self.key = key
-
-    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Normalise the entry.
-
-        Args:
-            sample: a sample or batch with ``sample[key]`` of shape (..., C, H, W).
-
-        Returns:
-            A new dictionary with the normalised entry.
-
-        Raises:
-            ValueError: if the entry does not have one channel per statistic.
-        """
-        x: Tensor = sample[self.key]
-        channels = len(self.mean)
-        if x.ndim < 3 or x.shape[-3] != channels:
-            raise ValueError(
-                f'{self.key!r} must have {channels} channels at dimension -3, got '
-                f'shape {tuple(x.shape)}'
-            )
-        shape = (channels, 1, 1)
-        mean = self.mean.to(x.device).reshape(shape)
-        std = self.std.to(x.device).reshape(shape)
-        out = dict(sample)
-        out[self.key] = (x.to(torch.float32) - mean) / std
-        return out
-
-    def extra_repr(self) -> str:
-        """Describe the transform."""
-        return f'channels={len(self.mean)}, key={self.key!r}'
+__all__ = ['GeoBenchDataModule']
 
 
 class GeoBenchDataModule(NonGeoDataModule):
@@ -172,7 +100,6 @@ class GeoBenchDataModule(NonGeoDataModule):
         )
         self.task = task
         self.weights = weights
-        self.normalizer: GeoBenchNormalize | None = None
         # Set in setup(), once the task's statistics are read.
         self.aug = None  # type: ignore[assignment]
 
@@ -208,12 +135,14 @@ class GeoBenchDataModule(NonGeoDataModule):
 
     def _dataset(self, split: str) -> GeoBench:
         dataset = GeoBench(split=split, **self.kwargs)
-        if self.normalizer is None:
+        if self.aug is None:
             mean, std = dataset.normalization_stats()
-            self.normalizer = GeoBenchNormalize(mean, std)
             self.mean = torch.tensor(mean)
             self.std = torch.tensor(std)
-            self.aug = self.normalizer
+            # TorchGeo's default aug, with the task's statistics instead of /255
+            self.aug = K.AugmentationSequential(
+                K.Normalize(mean=self.mean, std=self.std), data_keys=None, keepdim=True
+            )
         return dataset
 
 
