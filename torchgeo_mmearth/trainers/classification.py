@@ -154,7 +154,38 @@ def weights_state_dict(weights: WeightsEnum | str) -> dict[str, Tensor]:
     return state_dict
 
 
-class MMEarthClassificationTask(ClassificationTask):
+class FineTuningRecipe:
+    """The loss and optimiser of MMEarth's fine-tuning, for TorchGeo's tasks.
+
+    Mixed in before a TorchGeo task whose hyperparameters include
+    ``label_smoothing`` and the knobs of
+    :func:`~torchgeo_mmearth.trainers.optim.configure_optimizers`.
+    """
+
+    hparams: Any
+    criterion: nn.Module
+
+    def configure_losses(self) -> None:
+        """Initialize the loss criterion, label-smoothed in training."""
+        super().configure_losses()  # type: ignore[misc]
+        self.criterion = smoothed_loss(
+            self.criterion, self.hparams['loss'], self.hparams['label_smoothing']
+        )
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """Initialize the optimizer and learning rate scheduler.
+
+        Returns:
+            TorchGeo's (AdamW, ReduceLROnPlateau) with the default knobs, else
+            MMEarth's recipe (:func:`~torchgeo_mmearth.trainers.optim.configure_optimizers`).
+        """
+        return configure_optimizers(
+            self,  # type: ignore[arg-type]
+            super().configure_optimizers,  # type: ignore[misc]
+        )
+
+
+class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
     """TorchGeo's image classification with MMEarth's fine-tuning recipe.
 
     :class:`torchgeo.trainers.ClassificationTask` plus the knobs of MMEarth's
@@ -279,19 +310,3 @@ class MMEarthClassificationTask(ClassificationTask):
                 param.requires_grad = False
             for param in self.model.get_classifier().parameters():
                 param.requires_grad = True
-
-    def configure_losses(self) -> None:
-        """Initialize the loss criterion, label-smoothed in training."""
-        super().configure_losses()
-        self.criterion = smoothed_loss(
-            self.criterion, self.hparams['loss'], self.hparams['label_smoothing']
-        )
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Initialize the optimizer and learning rate scheduler.
-
-        Returns:
-            TorchGeo's (AdamW, ReduceLROnPlateau) with the default knobs, else
-            MMEarth's recipe (:func:`~torchgeo_mmearth.trainers.optim.configure_optimizers`).
-        """
-        return configure_optimizers(self, super().configure_optimizers)

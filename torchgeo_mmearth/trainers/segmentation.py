@@ -6,7 +6,6 @@ from typing import Any, Literal, cast
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchgeo.trainers import SemanticSegmentationTask
@@ -15,8 +14,8 @@ from torchvision.models._api import WeightsEnum
 
 from ..models import MMEARTH_CONVNEXTV2_SIZES, MMEarthUNet
 from ..models.smp_encoder import mmearth_encoders
-from .classification import smoothed_loss, weights_state_dict
-from .optim import add_param_group, configure_optimizers
+from .classification import FineTuningRecipe, weights_state_dict
+from .optim import add_param_group
 
 __all__ = ['MMEarthSemanticSegmentationTask', 'UnfreezeBackbone']
 
@@ -93,7 +92,7 @@ class UnfreezeBackbone(BaseFinetuning):
             )
 
 
-class MMEarthSemanticSegmentationTask(SemanticSegmentationTask):
+class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask):
     """TorchGeo's semantic segmentation with MMEarth's UNet and protocol.
 
     :class:`torchgeo.trainers.SemanticSegmentationTask` plus what MMEarth's
@@ -287,13 +286,6 @@ class MMEarthSemanticSegmentationTask(SemanticSegmentationTask):
                 for param in part.parameters():
                     param.requires_grad = False
 
-    def configure_losses(self) -> None:
-        """Initialize the loss criterion, label-smoothed in training."""
-        super().configure_losses()
-        self.criterion = smoothed_loss(
-            self.criterion, self.hparams['loss'], self.hparams['label_smoothing']
-        )
-
     def configure_metrics(self) -> None:
         """Initialize TorchGeo's metrics and MMEarth's mean IoU (``MeanIoU``).
 
@@ -323,12 +315,3 @@ class MMEarthSemanticSegmentationTask(SemanticSegmentationTask):
         """
         epoch = self.hparams['unfreeze_backbone_at_epoch']
         return [] if epoch is None else [UnfreezeBackbone(epoch)]
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Initialize the optimizer and learning rate scheduler.
-
-        Returns:
-            TorchGeo's (AdamW, ReduceLROnPlateau) with the default knobs, else
-            MMEarth's recipe (:func:`~torchgeo_mmearth.trainers.optim.configure_optimizers`).
-        """
-        return configure_optimizers(self, super().configure_optimizers)
