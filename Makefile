@@ -8,7 +8,16 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 DEMO_DIR ?= demo-output
 
-.PHONY: demo demo-corpus test lint docs clean
+.PHONY: demo demo-corpus test lint docs clean demo-latest test-latest lint-latest docs-latest
+
+# The same targets on the newest TorchGeo (0.10+, which needs Python >= 3.12), in
+# their own environment .venv-latest: `make test-latest`, `make demo-latest`, ...
+# .ci/python-latest.sh finds a Python >= 3.12, or builds CPython 3.13 once into
+# ~/.cache/torchgeo-mmearth (5-9 minutes on 2 cores).
+LATEST_VENV := .venv-latest
+
+demo-latest test-latest lint-latest docs-latest:
+	python=$$(.ci/python-latest.sh) && $(MAKE) $(@:-latest=) VENV=$(LATEST_VENV) PYTHON="$$python"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +44,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict torchgeo_mmearth
+	$(BIN)/mypy --strict --always-$$($(BIN)/python -c \
+	  'import importlib.util as u; print("true" if u.find_spec("torchgeo.tasks") else "false")') \
+	  TORCHGEO_TASKS torchgeo_mmearth
 
 # The documentation site, tutorials executed, warnings as errors (-E: every page and
 # tutorial is read and run again, so none is left stale).
@@ -43,4 +54,4 @@ docs: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage docs/_build
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage docs/_build

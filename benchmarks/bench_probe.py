@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from torchgeo.trainers import ClassificationTask
+
+from torchgeo_mmearth._compat import ClassificationTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from rasterio.warp import transform
@@ -441,7 +442,10 @@ class TestReaders:
             assert sample['image_sentinel2'].shape == (13, 64, 64)
             assert sample['image_sentinel1_asc'].shape == (4, 64, 64)
             assert sample['image_aster'].shape == (2, 64, 64)
-            assert sample['date'] in ('2020-06-15', '2020-07-01')
+            date = sample['date']
+            if isinstance(date, torch.Tensor):  # TorchGeo 0.10: POSIX seconds
+                date = pd.Timestamp(round(date.item()), unit='s').strftime('%Y-%m-%d')
+            assert date in ('2020-06-15', '2020-07-01')
         ours = MMEarth(tmp_path, 'MMEarth64', modalities=['sentinel2', 'sentinel1'])
         assert len(ours) == 2 and ours.tile_size == 64
         assert torch.isfinite(ours[0]['image_sentinel2']).all()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
-from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
 
 from tests.conftest import load_data_script
+from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import GeoBenchDataModule
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 from torchgeo_mmearth.models import MMEarthWeights

@@ -30,9 +30,13 @@ DIRECTIVE = re.compile(
 
 
 def public_modules() -> list[ModuleType]:
-    """Every module of the package that declares ``__all__``, except the root."""
+    """Every public module that declares ``__all__``, except the root."""
     infos = pkgutil.walk_packages(torchgeo_mmearth.__path__, 'torchgeo_mmearth.')
-    modules = [importlib.import_module(info.name) for info in infos]
+    modules = [
+        importlib.import_module(info.name)
+        for info in infos
+        if not any(part.startswith('_') for part in info.name.split('.'))
+    ]
     return [module for module in modules if hasattr(module, '__all__')]
 
 

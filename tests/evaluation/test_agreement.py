@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from torchgeo.trainers import ClassificationTask
 
+from torchgeo_mmearth._compat import ClassificationTask
 from torchgeo_mmearth.evaluation import (
     bootstrap_ci,
     compute_metric,

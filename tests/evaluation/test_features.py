@@ -4,8 +4,8 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
-from torchgeo.trainers import ClassificationTask
 
+from torchgeo_mmearth._compat import ClassificationTask
 from torchgeo_mmearth.evaluation import (
     ExtractedFeatures,
     SplitFeatures,

@@ -4,10 +4,13 @@ import pytest
 import timm
 import torch
 from torch import Tensor
-from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
-from torchgeo.trainers.utils import load_state_dict
 
 import torchgeo_mmearth  # noqa: F401  (registers the models)
+from torchgeo_mmearth._compat import (
+    ClassificationTask,
+    SemanticSegmentationTask,
+    load_state_dict,
+)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 

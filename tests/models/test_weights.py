@@ -10,6 +10,7 @@ Every checkpoint is a random one in the exact published format (see
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -354,6 +355,32 @@ class TestGetStateDict:
         assert [p.name for p in cached.iterdir()] == [
             f'mmearth-{weights.meta["checkpoint"]}-checkpoint-199.pth'
         ]
+
+    def test_torchgeo_call(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # TorchGeo >= 0.9's tasks call get_state_dict(progress=True,
+        # check_hash=True, weights_only=True); the official file names hold no
+        # hash ('checkpoint-199.pth' is no sha256 prefix '199').
+        path = serve(HEADLINE, tmp_path, monkeypatch)
+        state_dict = HEADLINE.get_state_dict(
+            progress=False, check_hash=True, weights_only=True
+        )
+        expected = expected_state_dict(path, HEADLINE.meta['model'])
+        torch.testing.assert_close(state_dict, expected, rtol=0, atol=0)
+        with pytest.raises(ValueError, match='weights_only=False is not supported'):
+            HEADLINE.get_state_dict(weights_only=False)
+
+    def test_hash_in_url_name_is_checked(self, tmp_path: Path) -> None:
+        path = official_file(tmp_path / 'checkpoint-0123abcd.pth')
+        cache = tmp_path / 'cache'
+        with pytest.raises(RuntimeError, match='invalid hash value'):
+            load_checkpoint(path.as_uri(), model_dir=cache, check_hash=True)
+        assert list(cache.iterdir()) == []  # nothing partial left in the cache
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+        good = path.rename(tmp_path / f'checkpoint-{digest}.pth')
+        load_checkpoint(good.as_uri(), model_dir=cache, check_hash=True)
+        assert [p.name for p in cache.iterdir()] == [good.name]
 
     def test_plain_path_and_cache_per_member(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torchgeo.main import main
-from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
 
+from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.models import MMEarthWeights, checkpoint_filter_fn
 from torchgeo_mmearth.models.checkpoints import load_checkpoint
 
@@ -225,11 +225,21 @@ class TestSemanticSegmentationTask:
 
 
 def fit(config: str, tmp_path: Path, *extra: str) -> None:
+    """Run a config of tests/conf as a user of this TorchGeo generation writes it.
+
+    The configs name TorchGeo's tasks by their 0.8 short names; TorchGeo >= 0.9
+    users write ``Classification`` and ``SemanticSegmentation``.
+    """
+    text = (CONF / f'{config}.yaml').read_text()
+    for task in (ClassificationTask, SemanticSegmentationTask):
+        old = task.__name__.removesuffix('Task') + 'Task'
+        text = text.replace(f'class_path: {old}\n', f'class_path: {task.__name__}\n')
+    (tmp_path / 'config.yaml').write_text(text)
     main(
         [
             'fit',
             '--config',
-            str(CONF / f'{config}.yaml'),
+            str(tmp_path / 'config.yaml'),
             '--trainer.accelerator',
             'cpu',
             '--trainer.fast_dev_run',

@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,8 @@ import yaml
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from matplotlib.figure import Figure
-from torchgeo.trainers import ClassificationTask
 
+from torchgeo_mmearth._compat import ClassificationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule
 from torchgeo_mmearth.main import export_weights, main
 from torchgeo_mmearth.trainers import MPMAETask
@@ -73,6 +75,34 @@ class TestCLI:
         self, mmearth_root: Path, tmp_path: Path
     ) -> None:
         torchgeo.main.main(cli_args(CONF / 'mpmae.yaml', mmearth_root, tmp_path))
+
+    def test_stock_torchgeo_command_runs_the_demo_config(self, tmp_path: Path) -> None:
+        # `torchgeo fit --config examples/conf/mpmae_demo.yaml`, TorchGeo's own
+        # console script as a user runs it, on whichever TorchGeo is installed.
+        command = Path(sys.executable).with_name('torchgeo')
+        result = subprocess.run(
+            [
+                str(command),
+                'fit',
+                '--config',
+                str(EXAMPLES / 'mpmae_demo.yaml'),
+                '--trainer.accelerator',
+                'cpu',
+                '--trainer.fast_dev_run',
+                '1',
+                '--trainer.default_root_dir',
+                str(tmp_path),
+                '--data.init_args.num_workers',
+                '0',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert 'fast_dev_run' in result.stderr + result.stdout
+        assert 'DeprecationWarning' not in result.stderr
 
     def test_plugin_command_with_short_names(
         self, mmearth_root: Path, tmp_path: Path

@@ -87,10 +87,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
-from torchgeo.datasets.utils import percentile_normalization
 
 from ..modalities import SENTINEL2_INPUT_BANDS
 from ..models.weights import SO2SAT_FILL, canonical_band_name, remap_bands
+from .utils import percentile_stretch
 
 __all__ = ['BRICK_KILN_FILL', 'TASKS', 'GeoBench', 'GeoBenchTask', 'resolve_task']
 
@@ -1080,10 +1080,10 @@ class GeoBench(NonGeoDataset):
         image = sample['image'].numpy()
         if {'B4', 'B3', 'B2'} <= set(self.bands):
             rgb = image[[self.bands.index(b) for b in ('B4', 'B3', 'B2')]]
-            picture = percentile_normalization(rgb.transpose(1, 2, 0))
+            picture = percentile_stretch(rgb.transpose(1, 2, 0))
             title = 'B4, B3, B2'
         else:
-            picture = percentile_normalization(image[0])
+            picture = percentile_stretch(image[0])
             title = self.bands[0]
         panels: list[tuple[str, np.ndarray, dict[str, Any]]] = [
             (title, picture, {'cmap': 'gray'} if picture.ndim == 2 else {})

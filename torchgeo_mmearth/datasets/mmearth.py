@@ -27,6 +27,7 @@ from ..modalities import (
     resolve_modality_bands,
 )
 from ..transforms import MMEarthNormalize
+from .utils import percentile_stretch
 
 __all__ = ['DEMO_ROOT', 'MMEarth']
 
@@ -536,10 +537,16 @@ class MMEarth(NonGeoDataset):
                 panels.append((title, image, options))
             elif name == 'sentinel2' and {'B2', 'B3', 'B4'} <= set(bands):
                 rgb = data[[bands.index(b) for b in ('B4', 'B3', 'B2')]]
-                panels.append(('sentinel2 RGB', _stretch(rgb.transpose(1, 2, 0)), {}))
+                panels.append(
+                    ('sentinel2 RGB', percentile_stretch(rgb.transpose(1, 2, 0)), {})
+                )
             else:
                 panels.append(
-                    (f'{title} {bands[0]}', _stretch(data[0]), {'cmap': 'viridis'})
+                    (
+                        f'{title} {bands[0]}',
+                        percentile_stretch(data[0]),
+                        {'cmap': 'viridis'},
+                    )
                 )
 
         fig, axes = plt.subplots(
@@ -584,14 +591,3 @@ def _s2_type_index(value: bytes, path: Path, row: int) -> int:
             f'{path}: row {row} has S2_type {level!r}, expected {S2_TYPES}'
         )
     return S2_TYPES.index(level)
-
-
-def _stretch(image: np.ndarray) -> np.ndarray:
-    """2-98 percentile stretch to [0, 1], ignoring NaN (no-data is drawn black)."""
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        return np.zeros(image.shape)
-    low, high = np.percentile(finite, (2, 98))
-    stretched: np.ndarray = np.clip((image - low) / (high - low + 1e-6), 0, 1)
-    stretched[np.isnan(stretched)] = 0
-    return stretched

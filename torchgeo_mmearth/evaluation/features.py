@@ -34,11 +34,11 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchgeo.models import get_weight
-from torchgeo.trainers.utils import extract_backbone
-from torchgeo.trainers.utils import load_state_dict as torchgeo_load_state_dict
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
+from .._compat import extract_backbone
+from .._compat import load_state_dict as torchgeo_load_state_dict
 from ..models import MMEarthConvNeXtV2, checkpoint_filter_fn, load_checkpoint
 
 __all__ = [

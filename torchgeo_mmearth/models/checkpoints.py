@@ -299,6 +299,9 @@ def safe_globals() -> Iterator[None]:
         yield
 
 
+_HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,})\.')
+
+
 def _is_url(source: str) -> bool:
     return re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]+://', source) is not None
 
@@ -324,7 +327,10 @@ def _download(
     if not os.path.exists(cached):
         hash_prefix = None
         if check_hash:
-            match = torch.hub.HASH_REGEX.search(name)
+            # torch.hub's convention, name-<sha256 prefix>.ext, read off the URL
+            # (not the cache name) and with 8+ digits, so that the official
+            # ``checkpoint-199.pth`` is not taken for a hash starting "199".
+            match = _HASH_IN_NAME.search(os.path.basename(urlparse(url).path))
             hash_prefix = match.group(1) if match else None
         torch.hub.download_url_to_file(url, cached, hash_prefix, progress=progress)
     return cached

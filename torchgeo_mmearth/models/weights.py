@@ -688,6 +688,7 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
         progress: bool = True,
         check_hash: bool = False,
         file_name: str | None = None,
+        weights_only: bool = True,
     ) -> dict[str, Tensor]:
         """Download (once) and convert the checkpoint.
 
@@ -702,14 +703,24 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
             progress: show a progress bar while downloading.
             check_hash: check the file against a hash prefix in its name.
             file_name: name of the cached file.
+            weights_only: what TorchGeo >= 0.9 passes (True). The file is always
+                unpickled without running code (see
+                :func:`~torchgeo_mmearth.models.load_checkpoint`); False is
+                refused rather than silently ignored.
 
         Returns:
             The encoder state dict of ``meta['model']`` in timm keys.
 
         Raises:
-            ValueError: if the file is not this member's architecture.
+            ValueError: if the file is not this member's architecture, or
+                *weights_only* is False.
             UnsafeCheckpointError: if the file pickles anything but plain data.
         """
+        if not weights_only:
+            raise ValueError(
+                f'{self!r}: weights_only=False is not supported; MMEarth '
+                'checkpoints are always loaded without running pickled code'
+            )
         checkpoint = _CHECKPOINTS[self.name]
         checkpoint_data = load_checkpoint(
             self.url,

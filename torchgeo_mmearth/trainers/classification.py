@@ -8,9 +8,14 @@ import timm
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchgeo.models import get_weight
-from torchgeo.trainers import ClassificationTask, utils
 from torchvision.models._api import WeightsEnum
 
+from .._compat import (
+    ClassificationTask,
+    extract_backbone,
+    load_state_dict,
+    task_arguments,
+)
 from .optim import configure_optimizers
 
 __all__ = [
@@ -109,7 +114,8 @@ def smoothed_loss(criterion: nn.Module, loss: str, smoothing: float) -> nn.Modul
         ``'ce'``, :class:`torch.nn.CrossEntropyLoss` with ``label_smoothing``
         (timm's ``LabelSmoothingCrossEntropy``, which MMEarth uses, without class
         weights) keeping the criterion's class weights and ignore index; for
-        ``'bce'``, :class:`LabelSmoothingBCEWithLogitsLoss`.
+        ``'bce'``, :class:`LabelSmoothingBCEWithLogitsLoss` keeping its
+        ``pos_weight``.
 
     Raises:
         ValueError: for another loss, or a smoothing out of [0, 1).
@@ -126,7 +132,9 @@ def smoothed_loss(criterion: nn.Module, loss: str, smoothing: float) -> nn.Modul
             label_smoothing=smoothing,
         )
     elif loss == 'bce' and isinstance(criterion, nn.BCEWithLogitsLoss):
-        smoothed = LabelSmoothingBCEWithLogitsLoss(smoothing)
+        smoothed = LabelSmoothingBCEWithLogitsLoss(
+            smoothing, pos_weight=criterion.pos_weight
+        )
     else:
         raise ValueError(
             f"label_smoothing needs loss='ce' or loss='bce', got loss={loss!r}"
@@ -148,7 +156,7 @@ def weights_state_dict(weights: WeightsEnum | str) -> dict[str, Tensor]:
     if isinstance(weights, WeightsEnum):
         state_dict: dict[str, Tensor] = weights.get_state_dict(progress=True)
     elif os.path.exists(weights):
-        _, state_dict = utils.extract_backbone(weights)
+        _, state_dict = extract_backbone(weights)
     else:
         state_dict = get_weight(weights).get_state_dict(progress=True)
     return state_dict
@@ -222,8 +230,11 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
         task: Literal['binary', 'multiclass', 'multilabel'] = 'multiclass',
         num_classes: int | None = None,
         num_labels: int | None = None,
+        labels: list[str] | None = None,
+        pos_weight: Tensor | None = None,
         loss: Literal['ce', 'bce', 'jaccard', 'focal'] = 'ce',
         class_weights: Tensor | Sequence[float] | None = None,
+        ignore_index: int | None = None,
         lr: float = 1e-3,
         patience: int = 10,
         freeze_backbone: bool = False,
@@ -249,9 +260,14 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
             task: One of 'binary', 'multiclass', or 'multilabel'.
             num_classes: Number of prediction classes (only for ``task='multiclass'``).
             num_labels: Number of prediction labels (only for ``task='multilabel'``).
+            labels: List of class names (TorchGeo 0.9+).
+            pos_weight: A weight of positive examples, used with 'bce' loss
+                (TorchGeo 0.9+).
             loss: One of 'ce', 'bce', 'jaccard', or 'focal'.
             class_weights: Optional rescaling weight given to each class and used
                 with 'ce' loss.
+            ignore_index: Optional integer class index to ignore in the loss and
+                metrics (TorchGeo 0.9+).
             lr: Learning rate (of the groups without layer decay).
             patience: Patience of the 'plateau' learning rate schedule.
             freeze_backbone: Freeze everything but the classifier (linear probing).
@@ -272,20 +288,27 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
 
         Raises:
             ValueError: If *label_smoothing* is out of range or used with a loss
-                other than 'ce' and 'bce'.
+                other than 'ce' and 'bce', or an argument of TorchGeo 0.9+ is set
+                with TorchGeo 0.8.
         """
         super().__init__(
-            model=model,
-            weights=weights,
-            in_channels=in_channels,
-            task=task,
-            num_classes=num_classes,
-            num_labels=num_labels,
-            loss=loss,
-            class_weights=class_weights,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
+            **task_arguments(
+                ClassificationTask,
+                model=model,
+                weights=weights,
+                in_channels=in_channels,
+                task=task,
+                num_classes=num_classes,
+                num_labels=num_labels,
+                labels=labels,
+                pos_weight=pos_weight,
+                loss=loss,
+                class_weights=class_weights,
+                ignore_index=ignore_index,
+                lr=lr,
+                patience=patience,
+                freeze_backbone=freeze_backbone,
+            )
         )
 
     def configure_models(self) -> None:
@@ -304,7 +327,7 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
             **model_kwargs,
         )
         if weights and weights is not True:
-            utils.load_state_dict(self.model, weights_state_dict(weights))
+            load_state_dict(self.model, weights_state_dict(weights))
         if self.hparams['freeze_backbone']:
             for param in self.model.parameters():
                 param.requires_grad = False

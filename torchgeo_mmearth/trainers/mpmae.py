@@ -17,8 +17,8 @@ from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
 from torch import Tensor
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
-from torchgeo.trainers import BaseTask
 
+from .._compat import BaseTask
 from ..losses import PretextTask, patchify, unpatchify
 from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
 from ..models import MPMAE, MPMAEOutput

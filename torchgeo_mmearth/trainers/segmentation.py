@@ -8,10 +8,10 @@ from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchgeo.trainers import SemanticSegmentationTask
 from torchmetrics.classification import JaccardIndex
 from torchvision.models._api import WeightsEnum
 
+from .._compat import SemanticSegmentationTask, task_arguments
 from ..models import MMEARTH_CONVNEXTV2_SIZES, MMEarthUNet
 from ..models.smp_encoder import mmearth_encoders
 from .classification import FineTuningRecipe, weights_state_dict
@@ -140,7 +140,9 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
         task: Literal['binary', 'multiclass', 'multilabel'] = 'multiclass',
         num_classes: int | None = None,
         num_labels: int | None = None,
+        labels: list[str] | None = None,
         num_filters: int = 3,
+        pos_weight: Tensor | None = None,
         loss: Literal['ce', 'bce', 'jaccard', 'focal'] = 'ce',
         class_weights: Tensor | Sequence[float] | None = None,
         ignore_index: int | None = None,
@@ -173,7 +175,10 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
             task: One of 'binary', 'multiclass', or 'multilabel'.
             num_classes: Number of prediction classes (only for ``task='multiclass'``).
             num_labels: Number of prediction labels (only for ``task='multilabel'``).
+            labels: List of class names (TorchGeo 0.9+).
             num_filters: Number of filters. Only applicable when model='fcn'.
+            pos_weight: A weight of positive examples, used with 'bce' loss
+                (TorchGeo 0.9+).
             loss: One of 'ce', 'bce', 'jaccard', or 'focal'.
             class_weights: Optional rescaling weight given to each class and used
                 with 'ce' loss.
@@ -204,7 +209,8 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
         Raises:
             ValueError: If *unfreeze_backbone_at_epoch* is given without
                 *freeze_backbone* or for 'fcn', *model_kwargs* are given for an
-                smp model, or an argument is out of range.
+                smp model, an argument is out of range, or an argument of
+                TorchGeo 0.9+ is set with TorchGeo 0.8.
         """
         if unfreeze_backbone_at_epoch is not None:
             if not freeze_backbone or model == 'fcn':
@@ -224,21 +230,26 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
                 f'got {dict(model_kwargs)} for model={model!r}'
             )
         super().__init__(
-            model=model,  # type: ignore[arg-type]
-            backbone=backbone,
-            weights=weights,
-            in_channels=in_channels,
-            task=task,
-            num_classes=num_classes,
-            num_labels=num_labels,
-            num_filters=num_filters,
-            loss=loss,
-            class_weights=class_weights,
-            ignore_index=ignore_index,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
-            freeze_decoder=freeze_decoder,
+            **task_arguments(
+                SemanticSegmentationTask,
+                model=model,
+                backbone=backbone,
+                weights=weights,
+                in_channels=in_channels,
+                task=task,
+                num_classes=num_classes,
+                num_labels=num_labels,
+                labels=labels,
+                num_filters=num_filters,
+                pos_weight=pos_weight,
+                loss=loss,
+                class_weights=class_weights,
+                ignore_index=ignore_index,
+                lr=lr,
+                patience=patience,
+                freeze_backbone=freeze_backbone,
+                freeze_decoder=freeze_decoder,
+            )
         )
 
     def configure_models(self) -> None:
