@@ -27,13 +27,18 @@ __all__ = ['export_weights', 'main']
 def export_weights(
     checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]
 ) -> Path:
-    """Write the encoder of an MPMAETask checkpoint in the timm model's keys.
+    """Write the encoder of an MPMAETask checkpoint for TorchGeo, timm and the plugin.
 
-    The output, ``{'state_dict': ..., 'meta': {...}}``, loads with
-    ``torch.load(out, weights_only=True)``; timm takes it as a pretrained file
-    (``timm.create_model(meta['model'], pretrained=True,
-    pretrained_cfg_overlay={'file': out})``) and so do the plugin's weights loaders.
-    ``meta`` records the timm model, the input bands and their number, the patch and
+    The output, ``{'state_dict': ..., 'hyper_parameters': {'model': ...}, 'meta':
+    {...}}``, holds the encoder under TorchGeo's ``model.`` prefix and loads with
+    ``torch.load(out, weights_only=True)``. TorchGeo's tasks take it as
+    ``weights='<out>'`` (``Classification`` / ``ClassificationTask``, and
+    ``SemanticSegmentation`` with the same backbone); timm takes it as a
+    pretrained file (``timm.create_model(meta['model'], pretrained=True,
+    pretrained_cfg_overlay={'file': out})``), and so do the plugin's loaders
+    (``MMEarthWeights.S2_MP_MAE.get_state_dict(out)`` for an encoder of that
+    member's architecture, the model entry points' ``weights=``). ``meta``
+    records the timm model, the input bands and their number, the patch and
     input sizes and the corpus the encoder was pretrained on.
 
     Args:
@@ -54,8 +59,10 @@ def export_weights(
             f'{checkpoint} is not a Lightning checkpoint of MPMAETask '
             "(needs 'state_dict' and hyper_parameters['model'])"
         )
+    # The encoder, under the prefix of TorchGeo's self.model: what TorchGeo's
+    # extract_backbone reads, with hyper_parameters['model'].
     state_dict = {
-        key.removeprefix('model.'): value
+        key: value
         for key, value in data['state_dict'].items()
         if key.startswith('model.')
     }
@@ -77,7 +84,14 @@ def export_weights(
     }
     out = Path(out)
     partial = out.with_name(out.name + '.partial')
-    torch.save({'state_dict': state_dict, 'meta': meta}, partial)
+    torch.save(
+        {
+            'state_dict': state_dict,
+            'hyper_parameters': {'model': hparams['model']},
+            'meta': meta,
+        },
+        partial,
+    )
     partial.replace(out)
     return out
 

@@ -6,10 +6,11 @@ from types import ModuleType
 import numpy as np
 import pytest
 from rasterio.crs import CRS
+from torchgeo import samplers
 from torchgeo.datasets import RasterDataset, Sentinel2
-from torchgeo.samplers import GridGeoSampler
 
 from tests.corpus.conftest import scene_point
+from torchgeo_mmearth._compat import TORCHGEO_TASKS
 from torchgeo_mmearth.corpus import (
     CorpusBuilder,
     GeoTiffSource,
@@ -19,6 +20,7 @@ from torchgeo_mmearth.corpus import (
     locations_from_geojson,
     locations_from_sampler,
     orbit_from_time,
+    resolve_locations,
 )
 from torchgeo_mmearth.corpus.sources import normalize_band
 from torchgeo_mmearth.modalities import MODALITIES
@@ -184,11 +186,20 @@ class TestTorchGeoSource:
 
     def test_sampler_locations(self, rasters: Path) -> None:
         dataset = Sentinel2(rasters / 's2_torchgeo', bands=['B02'], res=10)
-        sampler = GridGeoSampler(dataset, size=32, stride=32)
-        locations = locations_from_sampler(sampler)
+        if TORCHGEO_TASKS:  # TorchGeo 0.10: spatial samplers, no CRS, no dates
+            sampler = samplers.GriddedPatchSampler(dataset, size=32, stride=32)
+            with pytest.raises(ValueError, match=r'pass it, locations_from_sampler'):
+                locations_from_sampler(sampler)
+            with pytest.raises(ValueError, match='does not record the CRS'):
+                resolve_locations(sampler)
+            locations = locations_from_sampler(sampler, crs=dataset.crs)
+        else:
+            sampler = samplers.GridGeoSampler(dataset, size=32, stride=32)
+            locations = locations_from_sampler(sampler)
+            assert locations[0].date is not None
+            assert resolve_locations(sampler) == locations
         assert len(locations) == 9
         assert locations[0].crs == 'EPSG:32632'
-        assert locations[0].date is not None
 
 
 class TestLocations:

@@ -34,6 +34,7 @@ from torchgeo_mmearth.models import (
     OFFICIAL_CHECKPOINTS,
     SO2SAT_FILL,
     BandRemap,
+    CheckpointDownloadError,
     MMEarthConvNeXtV2,
     MMEarthS2Normalize,
     MMEarthWeights,
@@ -374,7 +375,7 @@ class TestGetStateDict:
     def test_hash_in_url_name_is_checked(self, tmp_path: Path) -> None:
         path = official_file(tmp_path / 'checkpoint-0123abcd.pth')
         cache = tmp_path / 'cache'
-        with pytest.raises(RuntimeError, match='invalid hash value'):
+        with pytest.raises(CheckpointDownloadError, match='checksum mismatch'):
             load_checkpoint(path.as_uri(), model_dir=cache, check_hash=True)
         assert list(cache.iterdir()) == []  # nothing partial left in the cache
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]

@@ -14,9 +14,10 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from matplotlib.figure import Figure
 
-from torchgeo_mmearth._compat import ClassificationTask
+from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule
 from torchgeo_mmearth.main import export_weights, main
+from torchgeo_mmearth.models import MMEarthWeights
 from torchgeo_mmearth.trainers import MPMAETask
 from torchgeo_mmearth.trainers.mpmae import plot_reconstruction
 
@@ -313,8 +314,28 @@ class TestCheckpoints:
             meta['model'], pretrained=True, pretrained_cfg_overlay={'file': str(out)}
         )
         task = MPMAETask.load_from_checkpoint(checkpoint)
-        for key, value in task.model.state_dict().items():
+        encoder = task.model.state_dict()
+        for key, value in encoder.items():
             assert torch.equal(model.state_dict()[key], value), key
+        # TorchGeo's own tasks take the file as weights='<file>'.
+        classifier = ClassificationTask(
+            model=meta['model'], weights=str(out), in_channels=12, num_classes=5
+        )
+        segmentation = SemanticSegmentationTask(
+            model='unet',
+            backbone=meta['model'],
+            weights=str(out),
+            in_channels=12,
+            num_classes=2,
+        )
+        # So does the enum of the same architecture (a file given by path).
+        from_enum = MMEarthWeights.S2_MP_MAE.get_state_dict(str(out))
+        for key, value in encoder.items():
+            if key.startswith(('norm.', 'head.')):
+                continue
+            assert torch.equal(classifier.model.state_dict()[key], value), key
+            assert torch.equal(segmentation.model.encoder.state_dict()[key], value)
+            assert torch.equal(from_enum[key], value), key
 
     def test_export_weights_refuses_other_files(self, tmp_path: Path) -> None:
         path = tmp_path / 'other.ckpt'

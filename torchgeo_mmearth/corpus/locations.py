@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd  # type: ignore[import-untyped]
 import shapely  # type: ignore[import-untyped]
 from rasterio.crs import CRS
+from torch.utils.data import Sampler
 
 from .grid import anchor_lattice
 from .sources import ModalitySource
@@ -156,19 +157,33 @@ def locations_from_geojson(path: str | os.PathLike[str]) -> list[Location]:
     return locations
 
 
-def locations_from_sampler(sampler: Any) -> list[Location]:
+def locations_from_sampler(sampler: Any, crs: Any = None) -> list[Location]:
     """Locations from a TorchGeo sampler: the centre of each sampled box.
 
     Args:
-        sampler: a :class:`~torchgeo.samplers.GeoSampler` (e.g. ``RandomGeoSampler``
-            or ``GridGeoSampler`` over a Sentinel-2 dataset); its queries are in the
-            CRS of its dataset's index. A bounded time slice gives the preferred
-            date (its midpoint).
+        sampler: a TorchGeo sampler over a Sentinel-2 dataset
+            (``GriddedPatchSampler`` or ``RandomPatchSampler`` of TorchGeo 0.10,
+            ``GridGeoSampler`` or ``RandomGeoSampler`` of 0.8); its queries are in
+            the CRS of its dataset. A bounded time slice gives the preferred date
+            (its midpoint).
+        crs: that CRS (``dataset.crs``); TorchGeo 0.10's samplers do not keep
+            it, 0.8's do (``sampler.index.crs``) and need none.
 
     Returns:
         The locations, in sampling order.
+
+    Raises:
+        ValueError: if *crs* is None and the sampler does not record it.
     """
-    crs = CRS.from_user_input(sampler.index.crs).to_string()
+    if crs is None:
+        if not hasattr(getattr(sampler, 'index', None), 'crs'):
+            raise ValueError(
+                f'{type(sampler).__name__} does not record the CRS of its dataset '
+                "(TorchGeo 0.10's samplers do not): pass it, "
+                'locations_from_sampler(sampler, crs=dataset.crs)'
+            )
+        crs = sampler.index.crs
+    crs = CRS.from_user_input(crs).to_string()
     locations = []
     for query in sampler:
         x, y, *rest = query
@@ -236,7 +251,9 @@ def resolve_locations(value: Any) -> list[Location]:
 
     Args:
         value: a sequence of :class:`Location` or of ``(lon, lat)`` pairs, a path to
-            a GeoJSON file, or a TorchGeo sampler.
+            a GeoJSON file, or a TorchGeo sampler that records its CRS (TorchGeo
+            0.8's; for 0.10's, pass ``locations_from_sampler(sampler,
+            crs=dataset.crs)``).
 
     Returns:
         The locations.
@@ -247,7 +264,7 @@ def resolve_locations(value: Any) -> list[Location]:
     """
     if isinstance(value, str | os.PathLike):
         locations = locations_from_geojson(value)
-    elif hasattr(getattr(value, 'index', None), 'crs'):
+    elif isinstance(value, Sampler):
         locations = locations_from_sampler(value)
     elif isinstance(value, Sequence) and all(isinstance(v, Location) for v in value):
         locations = list(value)

@@ -12,6 +12,7 @@ If you use these models, please cite https://arxiv.org/abs/2405.02771.
 
 from .checkpoints import (
     OFFICIAL_CHECKPOINTS,
+    CheckpointDownloadError,
     OfficialCheckpoint,
     UnsafeCheckpointError,
     load_checkpoint,
@@ -54,6 +55,7 @@ from .smp_encoder import MMEarthConvNeXtV2Encoder
 from .weights import (
     MMEARTH_S2_BAND_STATS,
     SO2SAT_FILL,
+    WEIGHTS_DIR_VARIABLE,
     BandRemap,
     MMEarthS2Normalize,
     MMEarthWeights,
@@ -72,7 +74,9 @@ __all__ = (
     'OFFICIAL_CHECKPOINTS',
     'PATCH_SIZES',
     'SO2SAT_FILL',
+    'WEIGHTS_DIR_VARIABLE',
     'BandRemap',
+    'CheckpointDownloadError',
     'MMEarthConvNeXtV2',
     'MMEarthConvNeXtV2Encoder',
     'MMEarthS2Normalize',

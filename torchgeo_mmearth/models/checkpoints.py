@@ -17,6 +17,8 @@ and anything else is refused with :class:`UnsafeCheckpointError`.
 
 import argparse
 import contextlib
+import hashlib
+import http.client
 import importlib
 import os
 import pathlib
@@ -25,7 +27,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ __all__ = [
     'OFFICIAL_CHECKPOINTS',
     'OFFICIAL_URL_ROOT',
     'SAFE_GLOBALS',
+    'CheckpointDownloadError',
     'OfficialCheckpoint',
     'UnsafeCheckpointError',
     'load_checkpoint',
@@ -235,6 +240,32 @@ OFFICIAL_CHECKPOINTS: tuple[OfficialCheckpoint, ...] = (
 )
 
 
+class CheckpointDownloadError(OSError):
+    """A checkpoint could not be downloaded, or its download failed its checksum.
+
+    Nothing is left in the cache: the download goes to a temporary file that is
+    moved into place only once complete and checked.
+
+    Attributes:
+        url: what was downloaded.
+        cached: where the file would have been cached.
+        reason: why it failed, in one line.
+    """
+
+    def __init__(self, url: str, cached: str, reason: str) -> None:
+        """Initialize a new CheckpointDownloadError instance.
+
+        Args:
+            url: what was downloaded.
+            cached: where the file would have been cached.
+            reason: why it failed, in one line.
+        """
+        super().__init__(f'could not download {url}: {reason}')
+        self.url = url
+        self.cached = cached
+        self.reason = reason
+
+
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint pickles objects outside the allow-list of :func:`load_checkpoint`.
 
@@ -324,16 +355,80 @@ def _download(
     os.makedirs(model_dir, exist_ok=True)
     name = file_name or os.path.basename(urlparse(url).path)
     cached = os.path.join(model_dir, name)
-    if not os.path.exists(cached):
-        hash_prefix = None
-        if check_hash:
-            # torch.hub's convention, name-<sha256 prefix>.ext, read off the URL
-            # (not the cache name) and with 8+ digits, so that the official
-            # ``checkpoint-199.pth`` is not taken for a hash starting "199".
-            match = _HASH_IN_NAME.search(os.path.basename(urlparse(url).path))
-            hash_prefix = match.group(1) if match else None
-        torch.hub.download_url_to_file(url, cached, hash_prefix, progress=progress)
+    if os.path.exists(cached):
+        return cached
+    hash_prefix = None
+    if check_hash:
+        # torch.hub's convention, name-<sha256 prefix>.ext, read off the URL (not
+        # the cache name) and with 8+ digits, so that the official
+        # ``checkpoint-199.pth`` is not taken for a hash starting "199".
+        match = _HASH_IN_NAME.search(os.path.basename(urlparse(url).path))
+        hash_prefix = match.group(1) if match else None
+    try:
+        _download_to(url, cached, hash_prefix, progress)
+    except HTTPError as error:
+        raise CheckpointDownloadError(
+            url, cached, f'HTTP {error.code} {error.reason}'
+        ) from None
+    except URLError as error:
+        raise CheckpointDownloadError(url, cached, str(error.reason)) from None
+    except CheckpointDownloadError:
+        raise
+    except (OSError, http.client.HTTPException) as error:
+        reason = f'{type(error).__name__}: {error}'
+        raise CheckpointDownloadError(url, cached, reason) from None
     return cached
+
+
+def _download_to(url: str, path: str, hash_prefix: str | None, progress: bool) -> None:
+    """Download *url* to *path* whole and checked, or not at all.
+
+    :func:`torch.hub.download_url_to_file` without its gap: urllib does not
+    notice a transfer cut short of its Content-Length, so a truncated file would
+    be cached. The bytes go to a temporary file beside *path*, moved into place
+    only once their count and hash are right.
+
+    Raises:
+        CheckpointDownloadError: for a short transfer or a hash mismatch.
+    """
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    request = Request(url, headers={'User-Agent': 'torchgeo-mmearth'})
+    partial = f'{path}.{os.getpid()}.partial'
+    digest = hashlib.sha256()
+    try:
+        with urlopen(request, timeout=60) as response, open(partial, 'wb') as file:
+            length = response.headers.get('Content-Length')
+            expected = int(length) if length is not None else None
+            with tqdm(
+                total=expected,
+                disable=not progress,
+                unit='B',
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=os.path.basename(path),
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            received = file.tell()
+        if expected is not None and received != expected:
+            raise CheckpointDownloadError(
+                url, path, f'the transfer stopped after {received} of {expected} bytes'
+            )
+        if hash_prefix is not None and not digest.hexdigest().startswith(hash_prefix):
+            raise CheckpointDownloadError(
+                url,
+                path,
+                f'checksum mismatch: the SHA-256 of the download, '
+                f'{digest.hexdigest()}, does not start with {hash_prefix}, the '
+                'hash in its name',
+            )
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
 
 
 def load_checkpoint(
@@ -368,6 +463,9 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: if *source* is a path that does not exist.
+        CheckpointDownloadError: if *source* is a URL that cannot be downloaded
+            (no network, HTTP error, truncated transfer) or whose download fails
+            the hash check.
         UnsafeCheckpointError: if the file pickles anything outside the
             allow-list (naming what it found).
     """

@@ -36,12 +36,18 @@ from torchvision.models._api import Weights, WeightsEnum
 
 from ..modalities import MODALITIES, S2_TYPES, SENTINEL2_INPUT_BANDS
 from . import mmearth_convnextv2
-from .checkpoints import OFFICIAL_CHECKPOINTS, OfficialCheckpoint, load_checkpoint
+from .checkpoints import (
+    OFFICIAL_CHECKPOINTS,
+    CheckpointDownloadError,
+    OfficialCheckpoint,
+    load_checkpoint,
+)
 from .mmearth_convnextv2 import checkpoint_filter_fn
 
 __all__ = [
     'MMEARTH_S2_BAND_STATS',
     'SO2SAT_FILL',
+    'WEIGHTS_DIR_VARIABLE',
     'BandRemap',
     'MMEarthS2Normalize',
     'MMEarthWeights',
@@ -569,6 +575,12 @@ def convert_checkpoint(
     return checkpoint_filter_fn(checkpoint, model)
 
 
+#: Environment variable naming a folder of local copies of the official
+#: checkpoints, in their published layout (``<folder>/checkpoint-199.pth``), that
+#: :meth:`MMEarthWeights.get_state_dict` reads before the cache and the network.
+WEIGHTS_DIR_VARIABLE = 'TORCHGEO_MMEARTH_WEIGHTS'
+
+
 def _cache_name(checkpoint: OfficialCheckpoint, url: str) -> str:
     """Cache file of a member: its folder plus the URL's file name."""
     return f'mmearth-{checkpoint.folder}-{os.path.basename(url.rstrip("/"))}'
@@ -690,18 +702,33 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
         file_name: str | None = None,
         weights_only: bool = True,
     ) -> dict[str, Tensor]:
-        """Download (once) and convert the checkpoint.
+        """Find, or download once, and convert the checkpoint.
 
-        The arguments are those of :func:`torch.hub.load_state_dict_from_url`.
-        ``url`` may also be a local path. The cached file is named after the
-        checkpoint folder, since every official file is called
-        ``checkpoint-199.pth``.
+        The file is the first of:
+
+        1. *model_dir*, when it is a file (a local copy of the published
+           ``checkpoint-199.pth``, or an output of ``torchgeo-mmearth
+           export-weights``) or a folder holding the published layout
+           ``<meta['checkpoint']>/checkpoint-199.pth``;
+        2. the same layout in the folder named by the environment variable
+           ``TORCHGEO_MMEARTH_WEIGHTS`` (:data:`WEIGHTS_DIR_VARIABLE`), for
+           TorchGeo's tasks and configs on machines without network;
+        3. the cached download, ``<torch hub dir>/checkpoints/mmearth-<folder>-
+           checkpoint-199.pth`` (or in *model_dir* when that is a cache folder):
+           every official file is called ``checkpoint-199.pth``, so the cache
+           name adds the folder;
+        4. ``url``, downloaded into that cache.
+
+        The other arguments are those of
+        :func:`torch.hub.load_state_dict_from_url`, as TorchGeo passes them.
 
         Args:
-            model_dir: cache folder instead of ``<torch hub dir>/checkpoints``.
+            model_dir: a checkpoint file, a folder of the published files, or the
+                cache folder instead of ``<torch hub dir>/checkpoints``.
             map_location: where to put the tensors.
             progress: show a progress bar while downloading.
-            check_hash: check the file against a hash prefix in its name.
+            check_hash: check a download against a hash prefix in the URL's
+                file name (the official names have none).
             file_name: name of the cached file.
             weights_only: what TorchGeo >= 0.9 passes (True). The file is always
                 unpickled without running code (see
@@ -712,6 +739,9 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
             The encoder state dict of ``meta['model']`` in timm keys.
 
         Raises:
+            CheckpointDownloadError: if no local copy was found and the download
+                failed; the message names the member, the URL, the reason and
+                where a copy on disk is read from.
             ValueError: if the file is not this member's architecture, or
                 *weights_only* is False.
             UnsafeCheckpointError: if the file pickles anything but plain data.
@@ -722,17 +752,28 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
                 'checkpoints are always loaded without running pickled code'
             )
         checkpoint = _CHECKPOINTS[self.name]
-        checkpoint_data = load_checkpoint(
-            self.url,
-            map_location=map_location if map_location is not None else 'cpu',
-            progress=progress,
-            model_dir=model_dir,
-            file_name=file_name or _cache_name(checkpoint, self.url),
-            check_hash=check_hash,
-        )
+        map_location = map_location if map_location is not None else 'cpu'
+        source = self._local_copy(model_dir)
+        try:
+            if source is not None:
+                checkpoint_data = load_checkpoint(source, map_location=map_location)
+            else:
+                source = self.url
+                checkpoint_data = load_checkpoint(
+                    self.url,
+                    map_location=map_location,
+                    progress=progress,
+                    model_dir=model_dir,
+                    file_name=file_name or _cache_name(checkpoint, self.url),
+                    check_hash=check_hash,
+                )
+        except CheckpointDownloadError as error:
+            raise CheckpointDownloadError(
+                error.url, error.cached, self._offline_help(error)
+            ) from None
         if not isinstance(checkpoint_data, Mapping):
             raise TypeError(
-                f'{self!r}: {self.url} holds a {type(checkpoint_data).__name__}, not '
+                f'{self!r}: {source} holds a {type(checkpoint_data).__name__}, not '
                 'a checkpoint dictionary'
             )
         try:
@@ -740,7 +781,35 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
                 checkpoint_data, self.meta['model'], self.meta['in_chans']
             )
         except ValueError as error:
-            raise ValueError(f'{self!r} ({self.url}): {error}') from None
+            raise ValueError(f'{self!r} ({source}): {error}') from None
+
+    def _published_file(self, folder: str | os.PathLike[str]) -> str:
+        """Where a folder of the published files holds this member's checkpoint."""
+        name = os.path.basename(self.url.rstrip('/'))
+        return os.path.join(folder, _CHECKPOINTS[self.name].folder, name)
+
+    def _local_copy(self, model_dir: str | os.PathLike[str] | None) -> str | None:
+        """The local file named by *model_dir* or the environment, if any."""
+        if model_dir is not None and os.path.isfile(model_dir):
+            return os.fspath(model_dir)
+        folders = [model_dir] if model_dir is not None else []
+        if os.environ.get(WEIGHTS_DIR_VARIABLE):
+            folders.append(os.environ[WEIGHTS_DIR_VARIABLE])
+        for folder in folders:
+            path = self._published_file(folder)
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def _offline_help(self, error: CheckpointDownloadError) -> str:
+        """The reason of a failed download, and how to load a copy on disk."""
+        published = f'{_CHECKPOINTS[self.name].folder}/{os.path.basename(error.url)}'
+        return (
+            f'{error.reason}. To load a copy of {published} from disk instead, put '
+            f'it at {error.cached}, or set {WEIGHTS_DIR_VARIABLE} to a folder '
+            f'holding {published}, or pass its path: '
+            f"{self!r}.get_state_dict('/path/to/checkpoint-199.pth')"
+        )
 
     def transforms_for(
         self,
