@@ -1,4 +1,8 @@
 import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -173,3 +177,59 @@ def test_bigearthnet_layout(
     assert '6 tiles written' in capsys.readouterr().out  # 9 minus the no-data column
     info = json.loads((tmp_path / 'data_ben' / 'data_ben_tile_info.json').read_text())
     assert {record['S2_type'] for record in info.values()} == {'l2a'}
+
+
+# Runs the command in a fresh interpreter that sends itself SIGINT (Ctrl-C) when
+# the builder reaches location STOP, wherever in Python or rasterio that lands.
+INTERRUPTING = """
+import os, signal, sys
+from torchgeo_mmearth.corpus import builder
+from torchgeo_mmearth.corpus.cli import main
+
+make_tile = builder.CorpusBuilder.make_tile
+
+def make_tile_then_interrupt(self, index, location):
+    if index == int(os.environ['STOP']):
+        os.kill(os.getpid(), signal.SIGINT)
+    return make_tile(self, index, location)
+
+builder.CorpusBuilder.make_tile = make_tile_then_interrupt
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigint_keeps_tiles_and_resumes(
+    rasters: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    interrupted = tmp_path / 'interrupted'
+    args = arguments(rasters, interrupted, '--segment-size', '2', '--overwrite')
+    result = subprocess.run(
+        [sys.executable, '-c', INTERRUPTING, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'STOP': '5'},
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr
+    assert 'Traceback' not in result.stderr
+    resume = shlex.join(
+        ['torchgeo-mmearth', 'build-corpus', *(a for a in args if a != '--overwrite')]
+    )
+    folder = interrupted / 'data_cli'
+    # Segments of 2 locations: 0-1 and 2-3 were committed, 4 was lost.
+    assert result.stderr.strip().splitlines() == [
+        f'Interrupted: 4 of 18 locations are kept in {folder}. To resume: {resume}'
+    ]
+    assert not (folder / 'data_cli.h5').exists()
+
+    # The printed command resumes, says so, and gives the uninterrupted corpus.
+    assert main(shlex.split(resume)[2:]) == 0
+    resumed = (
+        f'Resuming the interrupted build of data_cli in {folder}: 4 of 18 '
+        'locations were kept, continuing from location 4'
+    )
+    assert capsys.readouterr().err.splitlines() == [resumed]
+    reference = tmp_path / 'reference'
+    assert main(arguments(rasters, reference, '--segment-size', '2')) == 0
+    for path in (reference / 'data_cli').iterdir():
+        assert (folder / path.name).read_bytes() == path.read_bytes(), path.name

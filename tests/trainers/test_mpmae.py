@@ -1,4 +1,6 @@
 import math
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,70 @@ class TestCLI:
         assert result.returncode == 0, result.stderr[-3000:]
         assert 'fast_dev_run' in result.stderr + result.stdout
         assert 'DeprecationWarning' not in result.stderr
+
+    def test_ctrl_c_keeps_a_checkpoint_and_resumes(self, tmp_path: Path) -> None:
+        # A fresh `torchgeo-mmearth fit` that sends itself SIGINT (Ctrl-C) during
+        # the 4th training step of the demo config (5 steps an epoch).
+        interrupting = """
+import os, signal, sys
+from torchgeo_mmearth.main import main
+from torchgeo_mmearth.trainers import MPMAETask
+
+training_step = MPMAETask.training_step
+
+def training_step_then_interrupt(self, *args, **kwargs):
+    if self.global_step == int(os.environ.get('STOP', -1)):
+        os.kill(os.getpid(), signal.SIGINT)
+    return training_step(self, *args, **kwargs)
+
+MPMAETask.training_step = training_step_then_interrupt
+sys.argv[0] = 'torchgeo-mmearth'
+sys.exit(main())
+"""
+        args = [
+            'fit',
+            '--config',
+            str(EXAMPLES / 'mpmae_demo.yaml'),
+            '--trainer.max_epochs',
+            '2',
+            '--trainer.default_root_dir',
+            str(tmp_path),
+            '--trainer.logger',
+            'false',
+            '--trainer.enable_progress_bar',
+            'false',
+            '--data.init_args.num_workers',
+            '0',
+        ]
+
+        def run(arguments: list[str], stop: int = -1, status: int = 0) -> str:
+            result = subprocess.run(
+                [sys.executable, '-c', interrupting, *arguments],
+                capture_output=True,
+                text=True,
+                env={**os.environ, 'STOP': str(stop)},
+                timeout=600,
+                check=False,
+            )
+            assert result.returncode == status, result.stderr[-3000:]
+            assert 'Traceback' not in result.stderr
+            return result.stderr
+
+        stderr = run(args, stop=3, status=1)  # Lightning's exit status after Ctrl-C
+        saved = tmp_path / 'checkpoints' / 'interrupted.ckpt'
+        resume = shlex.join(['torchgeo-mmearth', *args, '--ckpt_path', str(saved)])
+        lines = [line for line in stderr.splitlines() if 'Interrupted' in line]
+        assert lines == [
+            f'Interrupted at epoch 0, step 4: saved {saved}. To resume: {resume}'
+        ]
+        assert torch.load(saved, weights_only=False)['global_step'] == 4
+        # Nothing else: no validation or checkpoint of a partial epoch.
+        assert sorted(saved.parent.iterdir()) == [saved]
+
+        stderr = run(shlex.split(resume)[1:])
+        assert f'Resumed from {saved}: continuing at epoch 0, step 4' in stderr
+        last = torch.load(tmp_path / 'checkpoints' / 'last.ckpt', weights_only=False)
+        assert last['global_step'] == 10  # as an uninterrupted run of 2 x 5 steps
 
     def test_plugin_command_with_short_names(
         self, mmearth_root: Path, tmp_path: Path

@@ -10,6 +10,7 @@ The corpora read with :class:`torchgeo_mmearth.datasets.MMEarth` and
 from .bigearthnet import bigearthnet_scenes, bigearthnet_source
 from .builder import (
     DROP_REASONS,
+    BuildInterrupted,
     BuildReport,
     CorpusBuilder,
     ModalityCoverage,
@@ -44,6 +45,7 @@ __all__ = (
     'SOURCE_BANDS',
     'Acquisition',
     'BandFile',
+    'BuildInterrupted',
     'BuildReport',
     'CorpusBuilder',
     'CorpusWriter',

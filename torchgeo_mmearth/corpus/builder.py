@@ -28,6 +28,7 @@ Example::
     print(report.summary())
 """
 
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -67,8 +68,37 @@ from .rasterdataset import TorchGeoSource
 from .sources import SOURCE_BANDS, Acquisition, ModalitySource, fill_band, read_mosaic
 from .writer import CorpusWriter, Drop, TileRecord, corpus_folder
 
+_logger = logging.getLogger(__name__)
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """A build stopped by Ctrl-C (SIGINT); what it had committed is kept.
+
+    Building again with the same inputs and options resumes it.
+
+    Attributes:
+        folder: the corpus folder, whose ``.partial`` holds the kept segments.
+        kept: locations done and kept (whole segments).
+        total: locations of the build.
+    """
+
+    def __init__(self, folder: Path, kept: int, total: int) -> None:
+        """Initialize a new BuildInterrupted instance.
+
+        Args:
+            folder: the corpus folder.
+            kept: locations done and kept.
+            total: locations of the build.
+        """
+        super().__init__(f'{kept} of {total} locations are kept in {folder}')
+        self.folder = folder
+        self.kept = kept
+        self.total = total
+
+
 __all__ = [
     'DROP_REASONS',
+    'BuildInterrupted',
     'BuildReport',
     'CorpusBuilder',
     'ModalityCoverage',
@@ -597,6 +627,8 @@ class CorpusBuilder:
                 rasters, a partial build with other inputs, or no tile at all.
             FileExistsError: if the corpus exists and *overwrite* is False.
             OSError: if the output folder is not writable.
+            BuildInterrupted: on Ctrl-C while building tiles; what was committed
+                is kept and the same call resumes.
         """
         fractions = tuple(float(f) for f in splits)
         if (
@@ -617,6 +649,16 @@ class CorpusBuilder:
             'seed': seed,
         }
         writer = CorpusWriter(root, name, fingerprint, segment_size, overwrite)
+        if writer.resumed:
+            _logger.info(
+                'Resuming the interrupted build of data_%s in %s: %d of %d '
+                'locations were kept, continuing from location %d',
+                name,
+                writer.folder,
+                writer.start,
+                len(resolved),
+                writer.start,
+            )
         bar = _progress(len(resolved), writer.start, f'data_{name}', progress)
         try:
             for index in range(writer.start, len(resolved)):
@@ -628,6 +670,8 @@ class CorpusBuilder:
                     bar.update(1)
                 if on_tile is not None:
                     on_tile(index)
+        except KeyboardInterrupt:
+            raise BuildInterrupted(writer.folder, writer.start, len(resolved)) from None
         finally:
             if bar is not None:
                 bar.close()

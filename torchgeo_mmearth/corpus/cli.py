@@ -1,13 +1,15 @@
 """``torchgeo-mmearth build-corpus``: build an MMEarth-format corpus from GeoTIFFs."""
 
 import argparse
+import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .bigearthnet import bigearthnet_source
-from .builder import AUXILIARY_MODALITIES, CorpusBuilder
+from .builder import AUXILIARY_MODALITIES, BuildInterrupted, CorpusBuilder
 from .geotiff import GeoTiffSource
 from .locations import Location, grid_locations, locations_from_geojson
 from .sources import ModalitySource
@@ -276,10 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 1 when the build fails (the error is
-        printed).
+        printed), 130 when interrupted (Ctrl-C): the tiles built are kept and the
+        printed command resumes the build.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    # The same command, less --overwrite (which would discard the kept tiles).
+    resume = shlex.join(
+        ['torchgeo-mmearth', 'build-corpus', *(a for a in argv if a != '--overwrite')]
+    )
     paths = _pairs(parser, args.source, '--source')
     if 'sentinel2' in paths:
         parser.error('give Sentinel-2 with --sentinel2, not --source')
@@ -307,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             found['orbit'] = args.orbit
         return found
 
+    messages = logging.StreamHandler(sys.stderr)
+    messages.setFormatter(logging.Formatter('%(message)s'))
+    # The builder's messages (such as where a build resumes), for this run.
+    logger = logging.getLogger('torchgeo_mmearth.corpus')
+    logger.addHandler(messages)
+    logger.setLevel(logging.INFO)
     try:
         sentinel2 = _source('sentinel2', args.sentinel2, args, options('sentinel2'))
         sources = {
@@ -347,6 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as error:
         print(f'{parser.prog}: error: {error}', file=sys.stderr)
         return 1
+    except BuildInterrupted as interrupted:
+        print(f'\nInterrupted: {interrupted}. To resume: {resume}', file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(
+            '\nInterrupted: what was built is kept (whole segments of '
+            f'--segment-size {args.segment_size} locations). To resume: {resume}',
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        logger.removeHandler(messages)
     print(report.summary())
     return 0
 

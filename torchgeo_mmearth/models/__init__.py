@@ -10,6 +10,7 @@ checkpoints with TorchGeo's model API together with :class:`MMEarthWeights`
 If you use these models, please cite https://arxiv.org/abs/2405.02771.
 """
 
+from .._import_hooks import when_imported
 from .checkpoints import (
     OFFICIAL_CHECKPOINTS,
     CheckpointDownloadError,
@@ -65,7 +66,9 @@ from .weights import (
     remap_bands,
 )
 
-_register_with_torchgeo()
+# TorchGeo's model API loads every TorchGeo dataset module: register with it when
+# it is imported (by TorchGeo's tasks, get_weight, configs), not at plugin import.
+when_imported('torchgeo.models.api', _register_with_torchgeo)
 
 __all__ = (
     'MMEARTH_CONVNEXTV2_SIZES',

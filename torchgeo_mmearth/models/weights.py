@@ -27,6 +27,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any, TypeAlias
 
 import timm
@@ -861,10 +862,12 @@ def _torchgeo_builders() -> dict[str, Any]:
     return {name: getattr(mmearth_convnextv2, name) for name in names}
 
 
-def _register_with_torchgeo() -> None:
-    """Make TorchGeo's model API (get_model, get_weight, list_models) see the plugin."""
-    from torchgeo.models import api
+def _register_with_torchgeo(api: ModuleType) -> None:
+    """Make TorchGeo's model API (get_model, get_weight, list_models) see the plugin.
 
+    Args:
+        api: ``torchgeo.models.api``.
+    """
     for name, builder in _torchgeo_builders().items():
         api._model[name] = builder
         api._model_weights[name] = MMEarthWeights

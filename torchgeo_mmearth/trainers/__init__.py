@@ -1,7 +1,13 @@
 """Trainers: MMEarth pretraining, and TorchGeo's tasks with MMEarth's fine-tuning recipe."""
 
+from .callbacks import CheckpointOnInterrupt
 from .classification import MMEarthClassificationTask
 from .mpmae import MPMAETask
 from .segmentation import MMEarthSemanticSegmentationTask
 
-__all__ = ('MMEarthClassificationTask', 'MMEarthSemanticSegmentationTask', 'MPMAETask')
+__all__ = (
+    'CheckpointOnInterrupt',
+    'MMEarthClassificationTask',
+    'MMEarthSemanticSegmentationTask',
+    'MPMAETask',
+)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import timm
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from matplotlib.figure import Figure
 
@@ -22,6 +23,7 @@ from .._compat import BaseTask
 from ..losses import PretextTask, patchify, unpatchify
 from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
 from ..models import MPMAE, MPMAEOutput
+from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine
 
 __all__ = ['MPMAETask', 'plot_reconstruction']
@@ -235,6 +237,14 @@ class MPMAETask(BaseTask):
         self._log_step('val', output, len(output.mask))
         if batch_idx == 0:
             self._log_figure(batch, output, 'val')
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Ctrl-C keeps a checkpoint and prints the command that resumes from it.
+
+        Returns:
+            :class:`~torchgeo_mmearth.trainers.CheckpointOnInterrupt`.
+        """
+        return [CheckpointOnInterrupt()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what the encoder was pretrained on, for ``export-weights``.
