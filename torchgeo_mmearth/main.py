@@ -14,12 +14,15 @@ their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Three more subcommands:
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._atomic import atomic_path
 
 __all__ = ['export_weights', 'main']
 
@@ -83,16 +86,15 @@ def export_weights(
         'global_step': data.get('global_step'),
     }
     out = Path(out)
-    partial = out.with_name(out.name + '.partial')
-    torch.save(
-        {
-            'state_dict': state_dict,
-            'hyper_parameters': {'model': hparams['model']},
-            'meta': meta,
-        },
-        partial,
-    )
-    partial.replace(out)
+    with atomic_path(out) as temporary:
+        torch.save(
+            {
+                'state_dict': state_dict,
+                'hyper_parameters': {'model': hparams['model']},
+                'meta': meta,
+            },
+            temporary,
+        )
     return out
 
 
@@ -106,7 +108,16 @@ def _export_weights_main(argv: Sequence[str]) -> int:
     parser.add_argument('checkpoint', help='Lightning checkpoint of MPMAETask (.ckpt)')
     parser.add_argument('out', help='file to write (.pth)')
     args = parser.parse_args(argv)
-    path = export_weights(args.checkpoint, args.out)
+    try:
+        path = export_weights(args.checkpoint, args.out)
+    except KeyboardInterrupt:
+        command = shlex.join(['torchgeo-mmearth', 'export-weights', *argv])
+        print(
+            f'\nInterrupted: nothing was written to {args.out}. To export again: '
+            f'{command}',
+            file=sys.stderr,
+        )
+        return 130
     print(f'encoder weights written to {path}')
     return 0
 

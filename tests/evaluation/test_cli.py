@@ -1,5 +1,6 @@
 import csv
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from torchgeo_mmearth.evaluation import (
     ExtractedFeatures,
+    cli,
     evaluate_probes,
     load_backbone,
 )
@@ -153,3 +155,76 @@ def test_errors(tmp_path: Path) -> None:
     plain = ['probe', '--data', 'tests.evaluation.test_cli.Plain']
     with pytest.raises(ValueError, match='has no partition argument'):
         main([*plain, '--fractions', '0.01x_train'])
+
+
+def test_ctrl_c_says_what_was_kept(
+    tmp_path: Path,
+    weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cache = tmp_path / 'features.pt'
+    args = [
+        '--data',
+        DATAMODULE,
+        '--weights',
+        str(weights),
+        '--in_channels',
+        '12',
+        '--out',
+        str(tmp_path / 'out'),
+        '--cache',
+        str(cache),
+        '--device',
+        'cpu',
+        '--progress',
+        'false',
+    ]
+    command = shlex.join(['torchgeo-mmearth', 'probe', *args])
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    # During feature extraction: nothing kept.
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, 'extract_features', interrupted)
+        assert main(['probe', *args]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        'Interrupted: no features were kept (--cache FILE keeps them for the next '
+        f'run). To resume: {command}'
+    )
+    # During the probes: the features are cached, and the command reuses them.
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, 'evaluate_probes', interrupted)
+        assert main(['probe', *args]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'Interrupted: the extracted features are kept in {cache}. To resume: {command}'
+    )
+    assert main(shlex.split(command)[1:]) == 0
+
+
+def test_export_interrupted_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / 'mpmae.ckpt'
+    torch.save(
+        {
+            'hyper_parameters': {'model': 'mmearth_convnextv2_atto'},
+            'state_dict': {'model.stem.0.weight': torch.zeros(1)},
+        },
+        checkpoint,
+    )
+    out = tmp_path / 'encoder.pth'
+    save = torch.save
+
+    def save_then_interrupt(obj: object, f: Path) -> None:
+        save(obj, f)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', save_then_interrupt)
+    assert main(['export-weights', str(checkpoint), str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'Interrupted: nothing was written to {out}. To export again: '
+        f'torchgeo-mmearth export-weights {checkpoint} {out}'
+    )
+    assert list(tmp_path.iterdir()) == [checkpoint]  # no partial file either

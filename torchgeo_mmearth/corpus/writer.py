@@ -32,8 +32,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .._atomic import atomic_path
 from ..modalities import MODALITIES, S2_TYPES, Kind, Level
 from .encoding import valid_mask
 
@@ -282,24 +282,8 @@ def _allot(total: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to *path*, renamed to *path* on success.
-
-    A crash leaves either the old file or the complete new one, never a torn one.
-    """
-    temporary = path.with_name(f'.{path.name}.tmp')
-    temporary.unlink(missing_ok=True)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: Any) -> None:
-    with _atomic_path(path) as temporary, open(temporary, 'w') as f:
+    with atomic_path(path) as temporary, open(temporary, 'w') as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
@@ -471,7 +455,7 @@ class CorpusWriter:
             )
         if self._tiles:
             path = self._segment(k, 'h5')
-            with _atomic_path(path) as temporary, h5py.File(temporary, 'w') as file:
+            with atomic_path(path) as temporary, h5py.File(temporary, 'w') as file:
                 for name in MODALITIES:
                     data = np.stack([tile.arrays[name] for tile in self._tiles])
                     _create(file, name, data.shape, data.dtype)[...] = data

@@ -16,6 +16,7 @@ It writes ``probe.{csv,md,png}`` (and ``label_efficiency.{csv,md,png}`` with
 import importlib
 import inspect
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -253,7 +254,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     parser = build_parser()
-    cfg = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
+    arguments = list(sys.argv[2:] if argv is None else argv)
+    cfg = parser.parse_args(arguments)
+    try:
+        return _probe(parser, cfg)
+    except KeyboardInterrupt:
+        command = shlex.join(['torchgeo-mmearth', 'probe', *arguments])
+        cache: Path | None = cfg.cache
+        if cache is not None and cache.exists():
+            kept = f'the extracted features are kept in {cache}'
+        else:
+            kept = 'no features were kept (--cache FILE keeps them for the next run)'
+        print(f'\nInterrupted: {kept}. To resume: {command}', file=sys.stderr)
+        return 130
+
+
+def _probe(parser: ArgumentParser, cfg: Namespace) -> int:
     unknown = [method for method in cfg.methods if method not in METHODS]
     if unknown:
         parser.error(f'--methods must be among {METHODS}, got {unknown}')

@@ -37,6 +37,7 @@ from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
+from .._atomic import atomic_path
 from .._compat import extract_backbone
 from .._compat import load_state_dict as torchgeo_load_state_dict
 from ..models import MMEarthConvNeXtV2, checkpoint_filter_fn, load_checkpoint
@@ -195,9 +196,8 @@ class ExtractedFeatures:
                 for name, split in self.splits.items()
             },
         }
-        partial = path.with_name(path.name + '.partial')
-        torch.save(data, partial)
-        partial.replace(path)
+        with atomic_path(path) as temporary:
+            torch.save(data, temporary)
         return path
 
     @classmethod

@@ -14,6 +14,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from .._atomic import atomic_path
+
 __all__ = [
     'format_markdown',
     'plot_label_efficiency',
@@ -26,9 +28,8 @@ Row = Mapping[str, Any]
 
 def _atomic_write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + '.partial')
-    partial.write_bytes(data)
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
     return path
 
 

@@ -34,6 +34,7 @@ from urllib.request import Request, urlopen
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from ..modalities import SENTINEL2_INPUT_BANDS, SENTINEL2_RGB_BANDS
 
 __all__ = [
@@ -386,7 +387,8 @@ def _download_to(url: str, path: str, hash_prefix: str | None, progress: bool) -
     :func:`torch.hub.download_url_to_file` without its gap: urllib does not
     notice a transfer cut short of its Content-Length, so a truncated file would
     be cached. The bytes go to a temporary file beside *path*, moved into place
-    only once their count and hash are right.
+    only once their count and hash are right (the file is closed first: the
+    checks run inside the ``with``, the rename when it exits).
 
     Raises:
         CheckpointDownloadError: for a short transfer or a hash mismatch.
@@ -394,25 +396,27 @@ def _download_to(url: str, path: str, hash_prefix: str | None, progress: bool) -
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     request = Request(url, headers={'User-Agent': 'torchgeo-mmearth'})
-    partial = f'{path}.{os.getpid()}.partial'
     digest = hashlib.sha256()
-    try:
-        with urlopen(request, timeout=60) as response, open(partial, 'wb') as file:
-            length = response.headers.get('Content-Length')
-            expected = int(length) if length is not None else None
-            with tqdm(
-                total=expected,
-                disable=not progress,
-                unit='B',
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=os.path.basename(path),
-            ) as bar:
-                while chunk := response.read(1 << 20):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            received = file.tell()
+    with (
+        atomic_path(path) as partial,
+        urlopen(request, timeout=60) as response,
+        open(partial, 'wb') as file,
+    ):
+        length = response.headers.get('Content-Length')
+        expected = int(length) if length is not None else None
+        with tqdm(
+            total=expected,
+            disable=not progress,
+            unit='B',
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=os.path.basename(path),
+        ) as bar:
+            while chunk := response.read(1 << 20):
+                file.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        received = file.tell()
         if expected is not None and received != expected:
             raise CheckpointDownloadError(
                 url, path, f'the transfer stopped after {received} of {expected} bytes'
@@ -425,10 +429,6 @@ def _download_to(url: str, path: str, hash_prefix: str | None, progress: bool) -
                 f'{digest.hexdigest()}, does not start with {hash_prefix}, the '
                 'hash in its name',
             )
-        os.replace(partial, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
 
 
 def load_checkpoint(
