@@ -5,6 +5,7 @@ from types import ModuleType
 import matplotlib
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 matplotlib.use('agg')
 
@@ -20,6 +21,14 @@ def load_data_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def figure_panels(figure: Figure) -> list[tuple[str, bool]]:
+    """Title of every axes of a figure and whether it is a "no data" panel."""
+    return [
+        (axis.get_title(), any(text.get_text() == 'no data' for text in axis.texts))
+        for axis in figure.axes
+    ]
 
 
 @pytest.fixture(scope='session')

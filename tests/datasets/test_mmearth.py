@@ -1,4 +1,5 @@
 import json
+import math
 import pickle
 import shutil
 from pathlib import Path
@@ -9,12 +10,18 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from torchgeo.datasets import DatasetNotFoundError
 
+from tests.conftest import figure_panels
 from torchgeo_mmearth.datasets import MMEarth
-from torchgeo_mmearth.modalities import MODALITIES, PRETEXT_MODALITIES
+from torchgeo_mmearth.modalities import (
+    IGNORE_INDEX,
+    MODALITIES,
+    PRETEXT_MODALITIES,
+    Kind,
+    Level,
+)
 
 SUBSETS = {'MMEarth': 128, 'MMEarth64': 64, 'MMEarth100k': 128}
 ALL_MODALITIES = list(MODALITIES)
@@ -604,15 +611,99 @@ class TestHandles:
         assert torch.equal(ds[0]['lat'], value)
 
 
-def test_plot(mmearth_root: Path) -> None:
-    ds = MMEarth(mmearth_root, 'MMEarth64', modalities=ALL_MODALITIES)
-    fig = ds.plot(ds[0], suptitle='test')
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == 9  # every pixel-level modality
-    raw_ds = MMEarth(
-        mmearth_root, 'MMEarth64', modalities=['sentinel2'], normalize=False
+class TestPlot:
+    @pytest.fixture
+    def dataset(self, mmearth_root: Path) -> MMEarth:
+        return MMEarth(mmearth_root, 'MMEarth64', modalities=ALL_MODALITIES)
+
+    @pytest.fixture
+    def sample(self, dataset: MMEarth) -> dict[str, Any]:
+        """A tile with data in every band of every pixel-level modality."""
+        sample = dataset[0]
+        for modality in MODALITIES.values():
+            if modality.level is not Level.PIXEL:
+                continue
+            shape = sample[modality.key].shape
+            if modality.kind is Kind.CATEGORICAL:
+                sample[modality.key] = torch.randint(0, modality.num_classes, shape)
+            else:
+                sample[modality.key] = torch.randn(shape)
+        return sample
+
+    def test_every_modality_and_both_sentinel1_passes(
+        self, dataset: MMEarth, sample: dict[str, Any]
+    ) -> None:
+        assert figure_panels(dataset.plot(sample, suptitle='test')) == [
+            ('sentinel2 RGB', False),
+            ('sentinel2 cloudmask', False),
+            ('sentinel2 cloudprod MSK_CLDPRB', False),
+            ('sentinel2 scl', False),
+            ('sentinel1 asc VV', False),
+            ('sentinel1 desc VV', False),
+            ('aster elevation', False),
+            ('dynamic world', False),
+            ('canopy height eth height', False),
+            ('esa worldcover', False),
+        ]
+
+    def test_absent_modalities_say_no_data(
+        self, dataset: MMEarth, sample: dict[str, Any]
+    ) -> None:
+        for key in ('image_sentinel2_cloudprod', 'image_aster'):
+            sample[key][:] = math.nan
+        for key in ('mask_sentinel2_scl', 'mask_esa_worldcover'):
+            sample[key][:] = IGNORE_INDEX
+        # Only the descending pass, without VV: its first band with data is drawn.
+        sample['image_sentinel1'][:5] = math.nan
+        # Canopy height without height: its std is drawn.
+        sample['image_canopy_height_eth'][0] = math.nan
+        assert figure_panels(dataset.plot(sample)) == [
+            ('sentinel2 RGB', False),
+            ('sentinel2 cloudmask', False),
+            ('sentinel2 cloudprod', True),
+            ('sentinel2 scl', True),
+            ('sentinel1 desc VH', False),
+            ('aster', True),
+            ('dynamic world', False),
+            ('canopy height eth std', False),
+            ('esa worldcover', True),
+        ]
+
+    def test_sentinel1_without_either_pass(
+        self, dataset: MMEarth, sample: dict[str, Any]
+    ) -> None:
+        sample['image_sentinel1'][:] = math.nan
+        sentinel1 = [
+            panel
+            for panel in figure_panels(dataset.plot(sample))
+            if panel[0].startswith('sentinel1')
+        ]
+        assert sentinel1 == [('sentinel1', True)]
+
+    @pytest.mark.parametrize(
+        ('index', 'sentinel1'),
+        [
+            (0, ('sentinel1 asc VV', False)),
+            (4, ('sentinel1 desc VV', False)),
+            (8, ('sentinel1', True)),
+        ],
+        ids=['ascending', 'descending', 'none'],
     )
-    assert isinstance(raw_ds.plot(raw_ds[0], show_titles=False), Figure)
+    def test_demo_tiles(self, index: int, sentinel1: tuple[str, bool]) -> None:
+        """Real tiles with one pass, the other, or no Sentinel-1 at all."""
+        ds = MMEarth(subset='MMEarthDemo', modalities=['sentinel2', 'sentinel1'])
+        assert figure_panels(ds.plot(ds[index])) == [
+            ('sentinel2 RGB', False),
+            sentinel1,
+        ]
+
+    def test_raw_samples_and_no_titles(self, mmearth_root: Path) -> None:
+        raw_ds = MMEarth(
+            mmearth_root, 'MMEarth64', modalities=['sentinel2'], normalize=False
+        )
+        figure = raw_ds.plot(raw_ds[0], show_titles=False)
+        assert figure_panels(figure) == [('', False)]
+        assert figure.axes[0].images[0].get_array().shape == (64, 64, 3)
 
 
 def test_torchgeo_reads_the_test_data(mmearth_root: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+import numpy as np
 import pytest
 import timm
 import torch
@@ -15,13 +16,21 @@ import yaml
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from matplotlib.figure import Figure
+from torch.utils.data import default_collate
 
+from tests.conftest import figure_panels
 from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule
+from torchgeo_mmearth.losses import PretextTask, masked_patch_mse, patchify
 from torchgeo_mmearth.main import export_weights, main
-from torchgeo_mmearth.models import MMEarthWeights
+from torchgeo_mmearth.modalities import IGNORE_INDEX, MODALITIES, Kind, Level
+from torchgeo_mmearth.models import MMEarthWeights, MPMAEOutput
 from torchgeo_mmearth.trainers import MPMAETask
 from torchgeo_mmearth.trainers.mpmae import plot_reconstruction
+from torchgeo_mmearth.trainers.plotting import (
+    plot_training_progress,
+    reconstruction_panels,
+)
 
 CONF = Path(__file__).parents[1] / 'conf'
 EXAMPLES = Path(__file__).parents[2] / 'examples' / 'conf'
@@ -223,15 +232,6 @@ class TestTraining:
         events = list(Path(run.log_dir or '').glob('events.out.tfevents*'))
         assert events and events[0].stat().st_size > 10_000  # holds the figures
 
-    def test_plot_reconstruction(self, mmearth_root: Path) -> None:
-        dm = datamodule(mmearth_root)
-        dm.setup('fit')
-        batch = dm.train_aug(next(iter(dm.train_dataloader())))  # type: ignore[misc]
-        task = small_task()
-        figure = plot_reconstruction(batch, task(batch), task.mpmae.tasks, 8)
-        assert isinstance(figure, Figure)
-        assert len(figure.axes) == 2 + 2 * 6  # input, visible, 6 pixel-level tasks
-
     def test_nan_loss_stops_with_the_step_and_task(
         self, mmearth_root: Path, tmp_path: Path
     ) -> None:
@@ -262,6 +262,233 @@ class TestTraining:
             small_task(input_size=60)
         with pytest.raises(ValueError, match="Unknown target modality 'sentinel3'"):
             small_task(target_modalities=['sentinel3'])
+
+
+PREDICTED = '\npredicted (masked patches)'
+
+
+class TestReconstructionFigure:
+    @pytest.fixture
+    def batch(self, mmearth_root: Path) -> dict[str, Any]:
+        """Two tiles through the evaluation pipeline; data in every map of tile 0."""
+        dm = datamodule(mmearth_root)
+        dm.setup('fit')
+        batch: dict[str, Any] = dm.aug(
+            default_collate([dm.train_dataset[i] for i in range(2)])
+        )
+        for modality in MODALITIES.values():
+            if modality.level is Level.PIXEL and modality.key in batch:
+                tile = batch[modality.key][0]
+                if modality.kind is Kind.CATEGORICAL:
+                    tile[:] = torch.randint(0, modality.num_classes, tile.shape)
+                else:
+                    tile[:] = torch.randn(tile.shape)
+        return batch
+
+    def draw(self, batch: dict[str, Any]) -> Figure:
+        task = small_task()
+        with torch.no_grad():
+            output = task(batch)
+        return plot_reconstruction(batch, output, task.mpmae.tasks, 8)
+
+    def test_every_pixel_task_and_both_sentinel1_passes(
+        self, batch: dict[str, Any]
+    ) -> None:
+        figure = self.draw(batch)
+        assert figure_panels(figure) == [
+            ('Sentinel-2 input', False),
+            ('visible patches', False),
+            ('sentinel2 target', False),
+            ('sentinel2 reconstructed\n(masked patches predicted)', False),
+            ('sentinel1 asc VV target', False),
+            ('sentinel1 asc VV' + PREDICTED, False),
+            ('sentinel1 desc VV target', False),
+            ('sentinel1 desc VV' + PREDICTED, False),
+            ('aster elevation target', False),
+            ('aster elevation' + PREDICTED, False),
+            ('dynamic_world target', False),
+            ('dynamic_world' + PREDICTED, False),
+            ('canopy_height_eth height target', False),
+            ('canopy_height_eth height' + PREDICTED, False),
+            ('esa_worldcover target', False),
+            ('esa_worldcover' + PREDICTED, False),
+        ]
+        for axis in figure.axes:  # none is blank
+            image = np.ma.filled(axis.images[0].get_array(), np.nan)
+            assert np.isfinite(image).any(), axis.get_title()
+
+    def test_absent_modalities_say_no_data(self, batch: dict[str, Any]) -> None:
+        batch['image_sentinel1'][0] = math.nan
+        batch['image_aster'][0] = math.nan
+        batch['mask_esa_worldcover'][0] = IGNORE_INDEX
+        # Canopy height without height: its std is drawn.
+        batch['image_canopy_height_eth'][0, 0] = math.nan
+        assert figure_panels(self.draw(batch))[4:] == [
+            ('sentinel1', True),
+            ('aster', True),
+            ('dynamic_world target', False),
+            ('dynamic_world' + PREDICTED, False),
+            ('canopy_height_eth std target', False),
+            ('canopy_height_eth std' + PREDICTED, False),
+            ('esa_worldcover', True),
+        ]
+
+    def test_descending_pass_only(self, batch: dict[str, Any]) -> None:
+        # No ascending pass and no descending VV: descending VH stands for it.
+        batch['image_sentinel1'][0, :5] = math.nan
+        assert figure_panels(self.draw(batch))[4:6] == [
+            ('sentinel1 desc VH target', False),
+            ('sentinel1 desc VH' + PREDICTED, False),
+        ]
+
+    def test_perfect_norm_pix_prediction_draws_the_target(
+        self, batch: dict[str, Any]
+    ) -> None:
+        target = batch['image_sentinel2'][:1].clone()
+        target[0, :, :3, :5] = math.nan  # no-data pixels in patch (0, 0)
+        target[0, :, 8:16, 8:16] = math.nan  # patch (1, 1) holds no data
+        # Normalised per patch over its valid entries, computed here independently.
+        patches = patchify(target.double(), 8)
+        valid = patches.isfinite()
+        mean = patches.nanmean(-1, keepdim=True)
+        count = valid.sum(-1, keepdim=True)
+        var = (patches - mean).square().nansum(-1, keepdim=True) / (count - 1)
+        normalised = (patches - mean) / (var + 1e-6).sqrt()
+        prediction = torch.where(valid, normalised, 0.0).float()
+        mask = torch.ones(1, 7, 7, dtype=torch.bool)  # every patch predicted
+        assert masked_patch_mse(prediction, target, mask, 8, norm_pix=True).loss < 1e-9
+        zero = torch.zeros(())
+        output = MPMAEOutput(
+            zero, {}, {}, {'sentinel2': prediction}, mask, torch.zeros(1, 8, 7, 7)
+        )
+        panels = reconstruction_panels(
+            {'image_sentinel2': target},
+            output,
+            [PretextTask('sentinel2', Level.PIXEL, Kind.CONTINUOUS, 12)],
+            8,
+        )
+        assert [panel.title for panel in panels[2:]] == [
+            'sentinel2 target',
+            'sentinel2 reconstructed\n(masked patches predicted)',
+        ]
+        drawn_target, reconstructed = panels[2].image, panels[3].image
+        assert drawn_target is not None and reconstructed is not None
+        finite = target[0].isfinite().all(0).numpy()
+        np.testing.assert_allclose(
+            reconstructed[finite], drawn_target[finite], atol=1e-5
+        )
+        # Without target data a patch has no statistics: drawn as no data (white).
+        assert (reconstructed[8:16, 8:16] == 1).all()
+
+    def test_bad_arguments(self, batch: dict[str, Any]) -> None:
+        task = small_task()
+        with torch.no_grad():
+            output = task(batch)
+        with pytest.raises(
+            IndexError, match='index 2 is out of range for a batch of 2'
+        ):
+            reconstruction_panels(batch, output, task.mpmae.tasks, 8, index=2)
+        with pytest.raises(ValueError, match='needs at least one row'):
+            plot_training_progress([])
+
+
+class TestProgressFigure:
+    """The figure saved at the end of fit."""
+
+    def fit(
+        self,
+        mmearth_root: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        **kwargs: Any,
+    ) -> tuple[Figure, list[float], list[float]]:
+        saved: list[Figure] = []
+        savefig = Figure.savefig
+
+        def record(figure: Figure, *args: Any, **kw: Any) -> None:
+            saved.append(figure)
+            savefig(figure, *args, **kw)
+
+        monkeypatch.setattr(Figure, 'savefig', record)
+        steps: list[float] = []
+        validation: list[float] = []
+
+        class Record(lightning.Callback):
+            def on_train_batch_end(
+                self,
+                trainer: Trainer,
+                module: Any,
+                outputs: Any,
+                batch: Any,
+                index: int,
+            ) -> None:
+                steps.append(float(outputs['loss']))
+
+            def on_validation_epoch_end(self, trainer: Trainer, module: Any) -> None:
+                if not trainer.sanity_checking:
+                    validation.append(float(trainer.callback_metrics['val_loss']))
+
+        task = small_task(plot_every_n_steps=kwargs.pop('plot_every_n_steps', None))
+        run = trainer(tmp_path, callbacks=[Record()], **kwargs)
+        run.fit(task, datamodule(mmearth_root))
+        assert len(saved) == 1 and (tmp_path / 'reconstruction.png').is_file()
+        return saved[0], steps, validation
+
+    def test_first_and_last_epoch_of_the_same_validation_tile(
+        self, mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        figure, steps, validation = self.fit(
+            mmearth_root,
+            tmp_path,
+            monkeypatch,
+            max_epochs=2,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+        )
+        *images, curves = figure.axes
+        rows = [images[: len(images) // 2], images[len(images) // 2 :]]
+        assert [row[0].get_ylabel() for row in rows] == [
+            'validation tile\nepoch 1, step 2',
+            'validation tile\nepoch 2, step 4',
+        ]
+        assert [axis.get_title() for axis in rows[0]] == [
+            axis.get_title() for axis in rows[1]
+        ]
+        # The same tile and mask in both rows: input and visible patches are equal.
+        for first, last in zip(rows[0][:2], rows[1][:2], strict=True):
+            np.testing.assert_array_equal(
+                first.images[0].get_array(), last.images[0].get_array()
+            )
+        assert curves.get_title() == 'total loss, uncertainty-weighted'
+        train, val = curves.get_lines()
+        assert train.get_label() == 'training (epoch mean)'
+        assert val.get_label() == 'validation'
+        assert list(train.get_xdata()) == list(val.get_xdata()) == [2, 4]
+        # The logged losses, neither smoothed nor picked: epoch means of the steps.
+        epoch_means = torch.tensor(steps).reshape(2, 2).mean(1).tolist()
+        np.testing.assert_allclose(train.get_ydata(), epoch_means, rtol=1e-5)
+        np.testing.assert_allclose(val.get_ydata(), validation, rtol=1e-5)
+
+    def test_without_validation_rows_are_training_batches(
+        self, mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        figure, _, _ = self.fit(
+            mmearth_root,
+            tmp_path,
+            monkeypatch,
+            max_epochs=2,
+            limit_train_batches=1,
+            plot_every_n_steps=1,
+        )
+        labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
+        assert labels == [
+            'training batch\nepoch 1, step 0',
+            'training batch\nepoch 2, step 1',
+        ]
+        assert [line.get_label() for line in figure.axes[-1].get_lines()] == [
+            'training (epoch mean)'
+        ]
 
 
 def test_loss_falls_on_the_demo_corpus(tmp_path: Path) -> None:

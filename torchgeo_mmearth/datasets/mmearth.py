@@ -18,6 +18,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 
+from .._panels import draw_panel, has_data, shown_bands
 from ..modalities import (
     IGNORE_INDEX,
     MODALITIES,
@@ -510,6 +511,10 @@ class MMEarth(NonGeoDataset):
     ) -> Figure:
         """Plot a sample: Sentinel-2 RGB and one panel per other pixel modality.
 
+        Sentinel-1 gets one panel per pass the tile has (ascending, descending),
+        other continuous modalities their first band with data. A modality the tile
+        lacks (no finite value, or only the ignore index) is a grey "no data" panel.
+
         Args:
             sample: a sample returned by :meth:`__getitem__`.
             show_titles: whether to show panel titles.
@@ -520,41 +525,46 @@ class MMEarth(NonGeoDataset):
         """
         if not self.normalize:
             sample = self.normalizer(sample)
-        panels: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+        panels: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
         for name, bands in self.modality_bands.items():
             modality = MODALITIES[name]
             if modality.level is not Level.PIXEL or modality.key not in sample:
                 continue
             data = sample[modality.key].numpy()
             title = name.replace('_', ' ')
-            if modality.kind is Kind.CATEGORICAL:
-                image: np.ndarray = np.ma.masked_equal(data[0], IGNORE_INDEX)
+            if name == 'sentinel2' and {'B2', 'B3', 'B4'} <= set(bands):
+                rgb = data[[bands.index(b) for b in ('B4', 'B3', 'B2')]]
+                image = (
+                    percentile_stretch(rgb.transpose(1, 2, 0))
+                    if has_data(rgb, modality.kind)
+                    else None
+                )
+                panels.append(('sentinel2 RGB', image, {}))
+            elif not has_data(data, modality.kind):
+                panels.append((title, None, {}))
+            elif modality.kind is Kind.CATEGORICAL:
                 colors = _CLASS_COLORS.get(name)
                 cmap = ListedColormap(colors) if colors else plt.get_cmap('tab20')
                 options = {'cmap': cmap, 'vmin': 0, 'vmax': modality.num_classes - 1}
                 if colors is None:
                     options['vmax'] = max(modality.num_classes - 1, 1)
-                panels.append((title, image, options))
-            elif name == 'sentinel2' and {'B2', 'B3', 'B4'} <= set(bands):
-                rgb = data[[bands.index(b) for b in ('B4', 'B3', 'B2')]]
                 panels.append(
-                    ('sentinel2 RGB', percentile_stretch(rgb.transpose(1, 2, 0)), {})
+                    (title, np.ma.masked_equal(data[0], IGNORE_INDEX), options)
                 )
             else:
-                panels.append(
-                    (
-                        f'{title} {bands[0]}',
-                        percentile_stretch(data[0]),
-                        {'cmap': 'viridis'},
+                for label, channel in shown_bands(name, bands, data):
+                    panels.append(
+                        (
+                            f'{title} {label}',
+                            percentile_stretch(data[channel]),
+                            {'cmap': 'viridis'},
+                        )
                     )
-                )
 
-        fig, axes = plt.subplots(
-            1, max(len(panels), 1), figsize=(3 * len(panels), 3.4), squeeze=False
-        )
+        columns = max(len(panels), 1)
+        fig, axes = plt.subplots(1, columns, figsize=(3 * columns, 3.4), squeeze=False)
         for ax, (title, image, options) in zip(axes[0], panels, strict=False):
-            ax.imshow(image, interpolation='nearest', **options)
-            ax.axis('off')
+            draw_panel(ax, image, options)
             if show_titles:
                 ax.set_title(title)
         if 'biome' in sample and show_titles:

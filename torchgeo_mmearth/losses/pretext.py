@@ -30,6 +30,7 @@ __all__ = [
     'image_mse',
     'masked_patch_cross_entropy',
     'masked_patch_mse',
+    'patch_statistics',
 ]
 
 
@@ -128,14 +129,11 @@ def masked_patch_mse(
 
     patches = patchify(target.float(), patch_size)
     valid = torch.isfinite(patches)
-    patches = torch.where(valid, patches, 0.0)
     count = valid.sum(dim=-1)  # (B, L)
     if norm_pix:
-        mean = patches.sum(dim=-1, keepdim=True) / count.clamp(min=1).unsqueeze(-1)
-        deviation = torch.where(valid, patches - mean, 0.0)
-        var = deviation.square().sum(dim=-1, keepdim=True)
-        var = var / (count - 1).clamp(min=1).unsqueeze(-1)
-        patches = deviation / torch.sqrt(var + eps)
+        mean, std = patch_statistics(patches, eps)
+        patches = (patches - mean) / std
+    patches = torch.where(valid, patches, 0.0)
 
     error = torch.where(valid, (pred.float() - patches).square(), 0.0)
     per_patch = error.sum(dim=-1) / count.clamp(min=1)
@@ -144,6 +142,33 @@ def masked_patch_mse(
     eligible = masked.sum() * width
     valid_fraction = _ratio((valid & masked.unsqueeze(-1)).sum(), eligible)
     return TaskLoss(loss, valid_fraction)
+
+
+def patch_statistics(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of each patch over its valid (finite) entries.
+
+    The statistics with which :func:`masked_patch_mse` normalises a target patch
+    (*norm_pix*), so that a prediction can be drawn in the target's units:
+    ``prediction * std + mean``.
+
+    Args:
+        patches: patches ``(..., N)``, e.g. from
+            :func:`~torchgeo_mmearth.losses.tasks.patchify`; non-finite entries are
+            no-data.
+        eps: added to the variance.
+
+    Returns:
+        The mean and ``sqrt(var + eps)`` of every patch, each of shape ``(..., 1)``,
+        with the unbiased variance of the valid entries (0 for a single valid entry).
+        A patch without valid entries gets mean 0 and variance 0.
+    """
+    valid = torch.isfinite(patches)
+    count = valid.sum(dim=-1, keepdim=True)
+    values = torch.where(valid, patches, 0.0)
+    mean = values.sum(dim=-1, keepdim=True) / count.clamp(min=1)
+    deviation = torch.where(valid, values - mean, 0.0)
+    var = deviation.square().sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)
+    return mean, torch.sqrt(var + eps)
 
 
 def masked_patch_cross_entropy(

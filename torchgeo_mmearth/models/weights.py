@@ -5,11 +5,11 @@ per checkpoint published with MMEarth (Nedungadi et al., "MMEarth: Exploring
 Multi-Modal Pretext Tasks For Geospatial Representation Learning", ECCV 2024,
 https://arxiv.org/abs/2405.02771), usable wherever TorchGeo takes weights::
 
-    from torchgeo.trainers import ClassificationTask
+    from torchgeo.tasks import Classification  # 0.8: trainers.ClassificationTask
     from torchgeo_mmearth.models import MMEarthWeights
 
     weights = MMEarthWeights.S2_MP_MAE
-    task = ClassificationTask(
+    task = Classification(
         model=weights.meta['model'], weights=weights, in_channels=12, num_classes=10
     )
 

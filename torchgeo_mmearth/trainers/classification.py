@@ -196,7 +196,8 @@ class FineTuningRecipe:
 class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
     """TorchGeo's image classification with MMEarth's fine-tuning recipe.
 
-    :class:`torchgeo.trainers.ClassificationTask` plus the knobs of MMEarth's
+    TorchGeo's ``Classification`` (``torchgeo.trainers.ClassificationTask`` on
+    TorchGeo 0.8) plus the knobs of MMEarth's
     GEO-Bench linear probing and fine-tuning (Nedungadi et al., ECCV 2024,
     https://arxiv.org/abs/2405.02771, on GEO-Bench, https://arxiv.org/abs/2306.03831):
 

@@ -1,7 +1,6 @@
 """Trainer for MP-MAE pretraining on MMEarth corpora."""
 
-import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
-from matplotlib.figure import Figure
 
 # timm.optim has no __all__, so mypy does not see its re-exports.
 from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
@@ -20,11 +18,17 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from .._compat import BaseTask
-from ..losses import PretextTask, patchify, unpatchify
-from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
+from ..losses import PretextTask
+from ..modalities import PRETEXT_MODALITIES, Kind, Level
 from ..models import MPMAE, MPMAEOutput
 from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine
+from .plotting import (
+    Panel,
+    plot_reconstruction,
+    plot_training_progress,
+    reconstruction_panels,
+)
 
 __all__ = ['MPMAETask', 'plot_reconstruction']
 
@@ -166,7 +170,14 @@ class MPMAETask(BaseTask):
         # TorchGeo's extract_backbone reads the encoder from the 'model.' keys.
         self.model = self.mpmae.encoder
         self._last_plot_step = -1
-        self._last_figure: Figure | None = None
+        # What on_fit_end draws: the first and latest reconstruction rows per stage,
+        # and the mean loss of every epoch as (step, loss) per stage.
+        self._snapshots: dict[str, list[tuple[str, list[Panel]]]] = {}
+        self._epoch_loss_sums: dict[str, Tensor] = {}
+        self._loss_history: dict[str, list[tuple[int, float]]] = {
+            'train': [],
+            'val': [],
+        }
 
     def forward(self, batch: Mapping[str, Any], **kwargs: Any) -> MPMAEOutput:
         """Run MP-MAE on a batch.
@@ -203,6 +214,7 @@ class MPMAETask(BaseTask):
         self._check_finite(output)
         batch_size = len(output.mask)
         self._log_step('train', output, batch_size)
+        self._add_to_epoch_loss('train', output.loss, batch_size)
         self.log('train_feature_std', _feature_std(output), batch_size=batch_size)
         weighting = self.mpmae.criterion.weighting
         if weighting is not None:
@@ -235,7 +247,10 @@ class MPMAETask(BaseTask):
         generator = torch.Generator().manual_seed(batch_idx)
         output = self(batch, generator=generator)
         self._log_step('val', output, len(output.mask))
+        if not self.trainer.sanity_checking:
+            self._add_to_epoch_loss('val', output.loss, len(output.mask))
         if batch_idx == 0:
+            # The first tile of the first batch, with the same mask at every epoch.
             self._log_figure(batch, output, 'val')
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
@@ -245,6 +260,15 @@ class MPMAETask(BaseTask):
             :class:`~torchgeo_mmearth.trainers.CheckpointOnInterrupt`.
         """
         return [CheckpointOnInterrupt()]
+
+    def on_train_epoch_end(self) -> None:
+        """Record the mean training loss of the epoch."""
+        self._record_epoch_loss('train')
+
+    def on_validation_epoch_end(self) -> None:
+        """Record the mean validation loss (not of the sanity check)."""
+        if not self.trainer.sanity_checking:
+            self._record_epoch_loss('val')
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what the encoder was pretrained on, for ``export-weights``.
@@ -271,17 +295,34 @@ class MPMAETask(BaseTask):
         }
 
     def on_fit_end(self) -> None:
-        """Save the last reconstruction figure and say where the results are."""
+        """Save the progress figure and say where the results are.
+
+        The figure shows the first validation tile after the first and the last
+        validation (the same tile and mask in both rows) beside the training and
+        validation loss of every epoch. Without validation, its rows are the first
+        and the last logged training batches, which are different tiles.
+        """
         # log_dir is a collective call under DDP: every rank must ask for it.
         directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return
         figure_path = None
-        if self._last_figure is not None:
+        rows = self._snapshots.get('val') or self._snapshots.get('train')
+        if rows:
+            uncertainty = self.hparams['loss_aggregation'] == 'uncertainty'
+            figure = plot_training_progress(
+                rows,
+                {
+                    'training (epoch mean)': self._loss_history['train'],
+                    'validation': self._loss_history['val'],
+                },
+                'total loss, '
+                + ('uncertainty-weighted' if uncertainty else 'sum of the tasks'),
+            )
             directory.mkdir(parents=True, exist_ok=True)
             figure_path = directory / 'reconstruction.png'
-            self._last_figure.savefig(figure_path, dpi=100)
-            plt.close(self._last_figure)
+            figure.savefig(figure_path, dpi=100)
+            plt.close(figure)
         callback = self.trainer.checkpoint_callback
         checkpoint = getattr(callback, 'last_model_path', '') or getattr(
             callback, 'best_model_path', ''
@@ -364,25 +405,54 @@ class MPMAETask(BaseTask):
         for name, fraction in output.valid_fractions.items():
             self.log(f'{stage}_valid_{name}', fraction, batch_size=batch_size)
 
+    def _add_to_epoch_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        sums = self._epoch_loss_sums.setdefault(
+            stage, torch.zeros(2, device=loss.device)
+        )
+        sums[0] += loss.detach().float() * batch_size
+        sums[1] += batch_size
+
+    def _record_epoch_loss(self, stage: str) -> None:
+        sums = self._epoch_loss_sums.pop(stage, torch.zeros(2, device=self.device))
+        # A collective call under DDP: every rank ends every epoch here.
+        sums = self.trainer.strategy.reduce(sums, reduce_op='sum')
+        if sums[1] > 0:
+            mean = float(sums[0] / sums[1])
+            self._loss_history[stage].append((self.global_step, mean))
+
     def _log_figure(
         self, batch: Mapping[str, Any], output: MPMAEOutput, stage: str
     ) -> None:
-        figure = plot_reconstruction(
+        panels = reconstruction_panels(
             batch,
             output,
             self.mpmae.tasks,
             self.hparams['patch_size'],
             self.mpmae.criterion.norm_pix_loss,
         )
-        if self._last_figure is not None:
-            plt.close(self._last_figure)
-        self._last_figure = figure
-        for logger in self.loggers:
-            experiment = getattr(logger, 'experiment', None)
-            if experiment is not None and hasattr(experiment, 'add_figure'):
+        tile = 'validation tile' if stage == 'val' else 'training batch'
+        row = (
+            f'{tile}\nepoch {self.current_epoch + 1}, step {self.global_step}',
+            panels,
+        )
+        if not self.trainer.sanity_checking:
+            # Keep the first and the latest row: the figure saved at the end of fit.
+            snapshots = self._snapshots.setdefault(stage, [])
+            del snapshots[1:]
+            snapshots.append(row)
+        experiments = [getattr(logger, 'experiment', None) for logger in self.loggers]
+        takes_figures = [
+            experiment
+            for experiment in experiments
+            if experiment is not None and hasattr(experiment, 'add_figure')
+        ]
+        if takes_figures:
+            figure = plot_training_progress([row])
+            for experiment in takes_figures:
                 experiment.add_figure(
                     f'{stage}/reconstruction', figure, self.global_step, close=False
                 )
+            plt.close(figure)
 
 
 def _feature_std(output: MPMAEOutput) -> Tensor:
@@ -397,141 +467,3 @@ def _feature_std(output: MPMAEOutput) -> Tensor:
     if len(rows) < 2:
         return torch.zeros((), device=features.device)
     return rows.std(dim=0).mean()
-
-
-def plot_reconstruction(
-    batch: Mapping[str, Any],
-    output: MPMAEOutput,
-    tasks: Sequence[PretextTask],
-    patch_size: int,
-    norm_pix: Collection[str] = ('sentinel2',),
-    index: int = 0,
-) -> Figure:
-    """Figure of one sample: input, mask, and target and prediction of pixel tasks.
-
-    Args:
-        batch: the batch given to MP-MAE.
-        output: what MP-MAE computed on it.
-        tasks: the pretext tasks.
-        patch_size: the patch size.
-        norm_pix: tasks whose targets were normalised per patch (their predictions
-            are shown in target units).
-        index: which sample of the batch to draw.
-
-    Returns:
-        The figure: Sentinel-2 input, visible patches, then per pixel-level task its
-        target and its prediction in the masked patches (RGB for Sentinel-2, the
-        first band or the classes otherwise); white is no data or not predicted.
-    """
-    mask = output.mask[index].detach().cpu()
-    pixel_mask = mask.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
-    x = batch['image_sentinel2'][index].detach().cpu().float()
-    rgb = _rgb(x)
-    panels: list[tuple[str, Tensor, dict[str, Any]]] = [
-        ('Sentinel-2 input', _display(rgb), {}),
-        ('visible patches', _display(rgb) * (~pixel_mask).unsqueeze(-1), {}),
-    ]
-    for task in tasks:
-        if task.level is not Level.PIXEL or task.key not in batch:
-            continue
-        target = batch[task.key][index : index + 1].detach().cpu()
-        prediction = (
-            output.predictions[task.name][index : index + 1].detach().cpu().float()
-        )
-        if task.kind is Kind.CATEGORICAL:
-            grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
-            logits = prediction.reshape(1, -1, patch_size * patch_size, task.channels)
-            classes = logits.argmax(-1).to(target.dtype).reshape(1, -1, patch_size**2)
-            predicted = unpatchify(classes, patch_size, grid)[0, 0]
-            shown = torch.where(pixel_mask, predicted, IGNORE_INDEX)
-            options = {
-                'cmap': 'tab20',
-                'vmin': 0,
-                'vmax': max(task.channels - 1, 1),
-                'interpolation': 'nearest',
-            }
-            panels.append(
-                (
-                    f'{task.name} target',
-                    target[0, 0]
-                    .float()
-                    .masked_fill(target[0, 0] == IGNORE_INDEX, math.nan),
-                    options,
-                )
-            )
-            panels.append(
-                (
-                    f'{task.name} predicted',
-                    shown.float().masked_fill(shown == IGNORE_INDEX, math.nan),
-                    options,
-                )
-            )
-            continue
-        grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
-        if task.name in norm_pix:
-            # Predictions are per-patch normalised targets: undo with the target's
-            # patch statistics to show them in the target's units.
-            patches = patchify(target.float(), patch_size)
-            prediction = prediction * _nanstd(patches) + patches.nanmean(-1, True)
-        predicted = unpatchify(prediction, patch_size, grid)[0]
-        shown_bands = _rgb if task.name == 'sentinel2' else (lambda t: t[:1])
-        shown_target = shown_bands(target[0].float())
-        if task.key == 'image_sentinel2':
-            # As MAE figures do: the visible patches are the input itself.
-            title = f'{task.name} reconstructed'
-            predicted = torch.where(pixel_mask, predicted, target[0].float())
-        else:
-            title = f'{task.name} predicted (masked patches)'
-            predicted = torch.where(pixel_mask, predicted, math.nan)
-        panels.append((f'{task.name} target', _display(shown_target), {}))
-        panels.append((title, _display(shown_bands(predicted), shown_target), {}))
-
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(2.6 * len(panels), 3), squeeze=False
-    )
-    for axis, (title, image, options) in zip(axes[0], panels, strict=True):
-        axis.imshow(image.numpy(), **options)
-        axis.set_title(title, fontsize=8)
-        axis.axis('off')
-    figure.tight_layout()
-    return figure
-
-
-def _rgb(image: Tensor) -> Tensor:
-    """Red, green, blue of the 12 MP-MAE bands or the 3 BGR bands, else band 0."""
-    if len(image) == 12:
-        return image[[3, 2, 1]]
-    if len(image) == 3:
-        return image[[2, 1, 0]]
-    return image[:1]
-
-
-def _nanstd(patches: Tensor) -> Tensor:
-    valid = patches.isfinite()
-    count = valid.sum(-1, keepdim=True).clamp(min=2)
-    mean = patches.nanmean(-1, keepdim=True)
-    squares = torch.where(valid, (patches - mean) ** 2, 0.0).sum(-1, keepdim=True)
-    return torch.sqrt(squares / (count - 1) + 1e-6)
-
-
-def _display(image: Tensor, reference: Tensor | None = None) -> Tensor:
-    """(C, H, W), C in (1, 3), to an (H, W[, 3]) image in [0, 1] for imshow.
-
-    Each channel is stretched between the 2nd and 98th percentiles of the same
-    channel of *reference* (default: the image), so that a prediction is drawn on
-    the scale of its target. NaN (no data, not predicted) stays NaN in a single
-    channel, which imshow leaves blank, and is white in RGB.
-    """
-    reference = image if reference is None else reference
-    channels = []
-    for channel, ref in zip(image, reference, strict=True):
-        finite = ref[ref.isfinite()]
-        if finite.numel() == 0:
-            channels.append(torch.full_like(channel, math.nan))
-            continue
-        low, high = torch.quantile(finite, torch.tensor([0.02, 0.98]))
-        channels.append(((channel - low) / (high - low + 1e-6)).clamp(0, 1))
-    stacked = torch.stack(channels)
-    if len(stacked) == 3:
-        return stacked.nan_to_num(1.0).permute(1, 2, 0)
-    return stacked[0]

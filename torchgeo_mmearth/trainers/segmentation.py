@@ -95,7 +95,8 @@ class UnfreezeBackbone(BaseFinetuning):
 class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask):
     """TorchGeo's semantic segmentation with MMEarth's UNet and protocol.
 
-    :class:`torchgeo.trainers.SemanticSegmentationTask` plus what MMEarth's
+    TorchGeo's ``SemanticSegmentation`` (``torchgeo.trainers.SemanticSegmentationTask``
+    on TorchGeo 0.8) plus what MMEarth's
     GEO-Bench segmentation (m-cashew-plantation, m-SA-crop-type; Nedungadi et al.,
     ECCV 2024, https://arxiv.org/abs/2405.02771, on GEO-Bench,
     https://arxiv.org/abs/2306.03831) needs:
