@@ -13,7 +13,7 @@ DEMO_DIR ?= demo-output
 # The same targets on the newest TorchGeo (0.10+, which needs Python >= 3.12), in
 # their own environment .venv-latest: `make test-latest`, `make demo-latest`, ...
 # .ci/python-latest.sh finds a Python >= 3.12, or builds CPython 3.13 once into
-# ~/.cache/torchgeo-mmearth (5-9 minutes on 2 cores).
+# ~/.cache/torchgeo-mmearth (about 5 minutes on 2 cores).
 LATEST_VENV := .venv-latest
 
 demo-latest test-latest lint-latest docs-latest:
