@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from torchgeo_mmearth.losses import PretextTask, default_pretext_tasks
+from torchgeo_mmearth.modalities import PretextTask, default_pretext_tasks
 from torchgeo_mmearth.models import (
     MPMAE,
     masked_forward,

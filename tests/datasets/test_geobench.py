@@ -21,7 +21,8 @@ from tests.conftest import load_data_script
 from torchgeo_mmearth.datasets import GeoBench
 from torchgeo_mmearth.datasets.geobench import BRICK_KILN_FILL, load_metadata
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
-from torchgeo_mmearth.models import SO2SAT_FILL, MMEarthWeights
+from torchgeo_mmearth.models import MMEarthWeights
+from torchgeo_mmearth.transforms import SO2SAT_FILL
 
 TASKS = (
     'm-bigearthnet',

@@ -6,14 +6,12 @@ from torch import Tensor
 
 from torchgeo_mmearth.losses import (
     MultiPretextLoss,
-    PretextTask,
-    default_pretext_tasks,
     image_cross_entropy,
     image_mse,
     masked_patch_cross_entropy,
     masked_patch_mse,
 )
-from torchgeo_mmearth.modalities import Kind, Level
+from torchgeo_mmearth.modalities import Kind, Level, PretextTask, default_pretext_tasks
 
 TASKS = default_pretext_tasks()
 NDVI = PretextTask('ndvi', Level.PIXEL, Kind.CONTINUOUS, 1)

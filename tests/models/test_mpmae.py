@@ -6,7 +6,7 @@ import timm
 import torch
 
 from torchgeo_mmearth.datamodules import MMEarthDataModule
-from torchgeo_mmearth.losses import PretextTask, default_pretext_tasks
+from torchgeo_mmearth.modalities import PretextTask, default_pretext_tasks
 from torchgeo_mmearth.models import MPMAE
 
 

@@ -3,13 +3,8 @@ import torch
 from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
 
-from torchgeo_mmearth.losses import (
-    MultiPretextLoss,
-    PretextTask,
-    default_pretext_tasks,
-    unpatchify,
-)
-from torchgeo_mmearth.modalities import Kind, Level
+from torchgeo_mmearth.losses import MultiPretextLoss, unpatchify
+from torchgeo_mmearth.modalities import Kind, Level, PretextTask, default_pretext_tasks
 from torchgeo_mmearth.models.mpmae_decoder import MultiPretextDecoder
 
 ENCODER_DIM = 16

@@ -21,9 +21,15 @@ from torch.utils.data import default_collate
 from tests.conftest import figure_panels
 from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule
-from torchgeo_mmearth.losses import PretextTask, masked_patch_mse, patchify
+from torchgeo_mmearth.losses import masked_patch_mse, patchify
 from torchgeo_mmearth.main import export_weights, main
-from torchgeo_mmearth.modalities import IGNORE_INDEX, MODALITIES, Kind, Level
+from torchgeo_mmearth.modalities import (
+    IGNORE_INDEX,
+    MODALITIES,
+    Kind,
+    Level,
+    PretextTask,
+)
 from torchgeo_mmearth.models import MMEarthWeights, MPMAEOutput
 from torchgeo_mmearth.trainers import MPMAETask
 from torchgeo_mmearth.trainers.mpmae import plot_reconstruction

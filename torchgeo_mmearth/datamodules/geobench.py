@@ -11,7 +11,7 @@ from torchvision.models._api import WeightsEnum
 
 from ..datasets import GeoBench
 from ..datasets.geobench import resolve_task
-from ..models.weights import canonical_band_name
+from ..modalities import canonical_band_name
 
 __all__ = ['GeoBenchDataModule']
 

@@ -13,8 +13,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchgeo.datasets import NonGeoDataset, RGBBandsMissingError
 
-from ..modalities import MODALITIES, SENTINEL2_INPUT_BANDS
-from ..transforms.mmearth import _select_stats
+from ..modalities import SENTINEL2_INPUT_BANDS, band_statistics
 from .mmearth import MMEarth
 
 __all__ = ['BigEarthNetDemo']
@@ -131,9 +130,9 @@ class BigEarthNetDemo(NonGeoDataset):
         Returns:
             Two float32 tensors of shape (C,).
         """
-        mean, std = _select_stats(self.tiles.band_stats, 'sentinel2', self.bands)
-        level = MODALITIES['sentinel2'].stats_keys.index('sentinel2_l2a')
-        return mean[level], std[level]
+        entry = band_statistics(self.tiles.band_stats, 'sentinel2_l2a', 'sentinel2')
+        mean, std = torch.tensor([entry[band] for band in self.bands]).unbind(dim=1)
+        return mean, std
 
     def plot(
         self, sample: Sample, show_titles: bool = True, suptitle: str | None = None

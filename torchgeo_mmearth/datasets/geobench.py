@@ -65,7 +65,7 @@ B1-B8, B9, B10, B11, B12, B8A; m-brick-kiln: B1-B5, B7, B8A, B8, B11, B12 and
 three true-colour channels); files written by GEO-Bench's corrected converters
 are read by name. m-brick-kiln therefore has no B6 or B9, and m-so2sat no B1 or
 B9: the default ``fill`` substitutes neighbouring bands (:data:`BRICK_KILN_FILL`,
-:data:`~torchgeo_mmearth.models.SO2SAT_FILL`).
+:data:`~torchgeo_mmearth.transforms.SO2SAT_FILL`).
 """
 
 import ast
@@ -88,8 +88,13 @@ import torch
 from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 
-from ..modalities import SENTINEL2_INPUT_BANDS
-from ..models.weights import SO2SAT_FILL, canonical_band_name, remap_bands
+from .._pickle import NUMPY_GLOBALS
+from ..modalities import (
+    GEOBENCH_SENTINEL2_NAMES,
+    SENTINEL2_INPUT_BANDS,
+    canonical_band_name,
+)
+from ..transforms import SO2SAT_FILL, remap_bands
 from .utils import percentile_stretch
 
 __all__ = ['BRICK_KILN_FILL', 'TASKS', 'GeoBench', 'GeoBenchTask', 'resolve_task']
@@ -103,24 +108,8 @@ Sample = dict[str, Any]
 #: by name instead (see the module description).
 BRICK_KILN_FILL: Mapping[str, str] = {'B6': 'B7', 'B9': 'B8A'}
 
-#: The GEO-Bench name of every Sentinel-2 band (``geobench.sentinel2_13_bands``).
-_S2_NAMES = {
-    '01 - Coastal aerosol': 'B1',
-    '02 - Blue': 'B2',
-    '03 - Green': 'B3',
-    '04 - Red': 'B4',
-    '05 - Vegetation Red Edge': 'B5',
-    '06 - Vegetation Red Edge': 'B6',
-    '07 - Vegetation Red Edge': 'B7',
-    '08 - NIR': 'B8',
-    '08A - Vegetation Red Edge': 'B8A',
-    '09 - Water vapour': 'B9',
-    '10 - SWIR - Cirrus': 'B10',
-    '11 - SWIR': 'B11',
-    '12 - SWIR': 'B12',
-}
 #: Band names of the published m-eurosat and m-brick-kiln files, in channel order.
-_PUBLISHED_NAMES = tuple(_S2_NAMES)
+_PUBLISHED_NAMES = tuple(GEOBENCH_SENTINEL2_NAMES)
 #: The bands those channels really hold (GEO-Bench README, "Known issues").
 _TRUE_CHANNELS = {
     'm-eurosat': (
@@ -427,62 +416,16 @@ _SAFE = {
 }
 
 
-def _numpy_module(name: str) -> Any:
-    try:
-        return __import__(f'numpy._core.{name}', fromlist=[name])
-    except ImportError:  # NumPy 1
-        return __import__(f'numpy.core.{name}', fromlist=[name])
-
-
-def _plain_dtype(*args: Any) -> np.dtype[Any]:
-    dtype: np.dtype[Any] = np.dtype(*args)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError('object dtypes are refused')
-    return dtype
-
-
-def _plain_scalar(dtype: np.dtype[Any], data: Any) -> Any:
-    if np.dtype(dtype).hasobject:
-        raise pickle.UnpicklingError('object scalars are refused')
-    return _numpy_module('multiarray').scalar(dtype, data)
-
-
-def _plain_array(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f'array subclass {subtype!r} is refused')
-    array: np.ndarray = _numpy_module('multiarray')._reconstruct(subtype, shape, dtype)
-    return array
-
-
-def _plain_frombuffer(buffer: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-    if np.dtype(dtype).hasobject:
-        raise pickle.UnpicklingError('object arrays are refused')
-    array: np.ndarray = _numpy_module('numeric')._frombuffer(
-        buffer, dtype, shape, order
-    )
-    return array
-
-
-_NUMPY: dict[tuple[str, str], Any] = {
-    ('numpy', 'dtype'): _plain_dtype,
-    ('numpy', 'ndarray'): np.ndarray,
-}
-for _core in ('numpy.core', 'numpy._core'):
-    _NUMPY[(f'{_core}.multiarray', 'scalar')] = _plain_scalar
-    _NUMPY[(f'{_core}.multiarray', '_reconstruct')] = _plain_array
-    _NUMPY[(f'{_core}.numeric', '_frombuffer')] = _plain_frombuffer
-
-
 class _MetadataUnpickler(pickle.Unpickler):
     """Rebuilds plain data, NumPy arrays, dates and inert stand-ins; nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
-        if key in _NUMPY:
-            return _NUMPY[key]
+        qualified = f'{module}.{name}'
+        if qualified in NUMPY_GLOBALS:
+            return NUMPY_GLOBALS[qualified]
         if key in _SAFE:
             return _SAFE[key]
-        qualified = f'{module}.{name}'
         if _GEOBENCH_MODULE.fullmatch(module) or qualified in _GEOREFERENCING:
             if qualified not in _STAND_INS:
                 _STAND_INS[qualified] = type(
@@ -618,12 +561,12 @@ class GeoBench(NonGeoDataset):
             partition: 'default' or a label-efficiency partition such as
                 '0.01x_train' (it subsamples the train split only).
             bands: the Sentinel-2 bands of the output channels, in order, in any
-                spelling of :func:`~torchgeo_mmearth.models.canonical_band_name`
+                spelling of :func:`~torchgeo_mmearth.modalities.canonical_band_name`
                 or GEO-Bench's names; None for the MP-MAE input bands
                 (:data:`~torchgeo_mmearth.modalities.SENTINEL2_INPUT_BANDS`).
                 Pass ``weights.meta['bands']`` for other weights.
             fill: ``{missing band: band to use instead}``; None for the task's
-                default (:data:`~torchgeo_mmearth.models.SO2SAT_FILL` for
+                default (:data:`~torchgeo_mmearth.transforms.SO2SAT_FILL` for
                 m-so2sat, :data:`BRICK_KILN_FILL` for m-brick-kiln, none
                 otherwise); ``{}`` to refuse missing bands.
             transforms: a function/transform that takes a sample and returns a
@@ -815,8 +758,8 @@ class GeoBench(NonGeoDataset):
             if self.relabelled:
                 assert true_bands is not None
                 source.append(true_bands[i])
-            elif cls == _S2_CLASS and base in _S2_NAMES:
-                source.append(_S2_NAMES[base])
+            elif cls == _S2_CLASS and base in GEOBENCH_SENTINEL2_NAMES:
+                source.append(GEOBENCH_SENTINEL2_NAMES[base])
             else:
                 source.append(base)  # not a Sentinel-2 reflectance: never selected
         #: The band each stored channel holds (Sentinel-2 ``'B1'`` ... ``'B12'``,
@@ -834,10 +777,7 @@ class GeoBench(NonGeoDataset):
     ) -> None:
         wanted = SENTINEL2_INPUT_BANDS if bands is None else tuple(bands)
         try:
-            canonical = tuple(
-                _S2_NAMES[b] if b in _S2_NAMES else canonical_band_name(b)
-                for b in wanted
-            )
+            canonical = tuple(canonical_band_name(b) for b in wanted)
         except ValueError as error:
             raise ValueError(f'bands: {error}') from None
         if not canonical:
@@ -1020,7 +960,9 @@ class GeoBench(NonGeoDataset):
         means = [
             float(entry['mean'])
             for name, entry in self.band_stats.items()
-            if name in _S2_NAMES and isinstance(entry, dict) and 'mean' in entry
+            if name in GEOBENCH_SENTINEL2_NAMES
+            and isinstance(entry, dict)
+            and 'mean' in entry
         ]
         return 1e-4 if means and max(means) > _REFLECTANCE_LIMIT else 1.0
 

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from ..modalities import IGNORE_INDEX, Kind, Level
+from ..modalities import IGNORE_INDEX, Kind, Level, PretextTask, check_tasks
 from .pretext import (
     TaskLoss,
     image_cross_entropy,
@@ -14,7 +14,6 @@ from .pretext import (
     masked_patch_cross_entropy,
     masked_patch_mse,
 )
-from .tasks import PretextTask, check_tasks
 from .uncertainty import UncertaintyWeighting
 
 __all__ = ['MultiPretextLoss']

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..modalities import IGNORE_INDEX
-from .tasks import patchify
+from .patches import patchify
 
 __all__ = [
     'TaskLoss',

@@ -54,16 +54,10 @@ from .mpmae import MPMAE, MPMAEOutput
 from .mpmae_decoder import MultiPretextDecoder
 from .smp_encoder import MMEarthConvNeXtV2Encoder
 from .weights import (
-    MMEARTH_S2_BAND_STATS,
-    SO2SAT_FILL,
     WEIGHTS_DIR_VARIABLE,
-    BandRemap,
-    MMEarthS2Normalize,
     MMEarthWeights,
     _register_with_torchgeo,
-    canonical_band_name,
     convert_checkpoint,
-    remap_bands,
 )
 
 # TorchGeo's model API loads every TorchGeo dataset module: register with it when
@@ -72,24 +66,19 @@ when_imported('torchgeo.models.api', _register_with_torchgeo)
 
 __all__ = (
     'MMEARTH_CONVNEXTV2_SIZES',
-    'MMEARTH_S2_BAND_STATS',
     'MPMAE',
     'OFFICIAL_CHECKPOINTS',
     'PATCH_SIZES',
-    'SO2SAT_FILL',
     'WEIGHTS_DIR_VARIABLE',
-    'BandRemap',
     'CheckpointDownloadError',
     'MMEarthConvNeXtV2',
     'MMEarthConvNeXtV2Encoder',
-    'MMEarthS2Normalize',
     'MMEarthUNet',
     'MMEarthWeights',
     'MPMAEOutput',
     'MultiPretextDecoder',
     'OfficialCheckpoint',
     'UnsafeCheckpointError',
-    'canonical_band_name',
     'checkpoint_filter_fn',
     'convert_checkpoint',
     'load_checkpoint',
@@ -119,6 +108,5 @@ __all__ = (
     'mmearth_convnextv2_tiny_p8',
     'mmearth_convnextv2_tiny_p16',
     'random_patch_mask',
-    'remap_bands',
     'upsample_mask',
 )

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import hashlib
 import http.client
-import importlib
 import os
 import pathlib
 import pickle
@@ -31,10 +30,10 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
-import numpy as np
 import torch
 
 from .._atomic import atomic_path
+from .._pickle import NUMPY_GLOBALS
 from ..modalities import SENTINEL2_INPUT_BANDS, SENTINEL2_RGB_BANDS
 
 __all__ = [
@@ -274,27 +273,6 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """
 
 
-def _numpy_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
-    """NumPy scalars, numeric dtypes and numeric arrays, under NumPy 1 and 2 names."""
-    try:
-        multiarray = importlib.import_module('numpy._core.multiarray')
-    except ImportError:  # NumPy 1
-        multiarray = importlib.import_module('numpy.core.multiarray')
-    entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
-        np.dtype,
-        np.ndarray,
-    ]
-    for name in ('scalar', '_reconstruct'):
-        function = getattr(multiarray, name)
-        # Pickles written by NumPy 1 say numpy.core, by NumPy 2 numpy._core.
-        for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-            entries.append((function, f'{module}.{name}'))
-    # dtype instances are rebuilt from their class (numpy.dtypes.Float64DType,
-    # ...): numeric kinds only, so object arrays (arbitrary objects) stay refused.
-    entries.extend(dict.fromkeys(type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG'))
-    return entries
-
-
 #: What the official checkpoints pickle besides tensors and containers: the
 #: ``argparse.Namespace`` of the pretraining arguments, ``pathlib`` paths (under
 #: their Python <= 3.12 and 3.13 module names), and NumPy scalars and numeric
@@ -313,7 +291,10 @@ SAFE_GLOBALS: tuple[Callable[..., Any] | tuple[Callable[..., Any], str], ...] = 
         )
         for entry in (cls, (cls, f'pathlib.{cls.__name__}'))
     ),
-    *_numpy_globals(),
+    # dtype classes and ndarray by their own names: BUILD checks the type of what
+    # the rebuilders return.
+    *(value for value in NUMPY_GLOBALS.values() if isinstance(value, type)),
+    *((value, name) for name, value in NUMPY_GLOBALS.items()),
 )
 
 

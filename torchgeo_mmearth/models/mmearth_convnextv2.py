@@ -932,7 +932,7 @@ def _create(
                 f'{what} were pretrained on {w_in_chans} input bands'
                 f'{_bands_note(weights, export_meta)}, got '
                 f'in_chans={kwargs["in_chans"]}; reorder or select the input bands '
-                'with torchgeo_mmearth.models.remap_bands / BandRemap, or build the '
+                'with torchgeo_mmearth.transforms.remap_bands / BandRemap, or build the '
                 'model without weights and load them with TorchGeo, which '
                 're-initialises the first convolution'
             )

@@ -7,8 +7,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ..losses import MultiPretextLoss, PretextTask, default_pretext_tasks
+from ..losses import MultiPretextLoss
 from ..losses.mpmae import Aggregation
+from ..modalities import PretextTask, default_pretext_tasks
 from .masked_encoder import (
     GRNPooling,
     MaskedPath,

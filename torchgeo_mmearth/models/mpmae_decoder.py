@@ -21,8 +21,7 @@ from timm.layers.norm import LayerNorm2d
 from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
 
-from ..losses.tasks import PretextTask, check_tasks
-from ..modalities import Level
+from ..modalities import Level, PretextTask, check_tasks
 
 __all__ = ['DecoderInit', 'MultiPretextDecoder']
 

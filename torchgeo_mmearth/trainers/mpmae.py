@@ -18,8 +18,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from .._compat import BaseTask
-from ..losses import PretextTask
-from ..modalities import PRETEXT_MODALITIES, Kind, Level
+from ..modalities import PRETEXT_MODALITIES, Kind, Level, PretextTask
 from ..models import MPMAE, MPMAEOutput
 from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .._panels import draw_panel, has_data, shown_bands
-from ..losses import PretextTask, patchify, unpatchify
+from ..losses import patchify, unpatchify
 from ..losses.pretext import patch_statistics
-from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level
+from ..modalities import IGNORE_INDEX, PRETEXT_MODALITIES, Kind, Level, PretextTask
 from ..models import MPMAEOutput
 
 __all__ = (

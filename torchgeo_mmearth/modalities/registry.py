@@ -1,4 +1,4 @@
-"""The MMEarth modalities: stored layout, band names, no-data rules and pretext roles.
+"""The table of MMEarth modalities: stored layout, bands, no-data rules, pretext roles.
 
 One table describes every dataset of the published MMEarth HDF5 corpora (Nedungadi
 et al., "MMEarth: Exploring Multi-Modal Pretext Tasks For Geospatial Representation
