@@ -20,6 +20,9 @@ from torchgeo_mmearth.models import (
     checkpoint_filter_fn,
 )
 
+#: The atto entry point of each patch size.
+ATTO = {8: 'mmearth_convnextv2_atto', 16: 'mmearth_convnextv2_atto_p16'}
+
 OfficialCheckpoint = Callable[..., dict[str, Any]]
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -49,7 +52,9 @@ class TestArchitecture:
     @pytest.mark.parametrize(('size', 'patch_size'), list(ENCODER_PARAMS))
     def test_encoder_parameter_count(self, size: str, patch_size: int) -> None:
         with torch.device('meta'):
-            model = timm.create_model(f'mmearth_convnextv2_{size}_p{patch_size}')
+            model = timm.create_model(
+                f'mmearth_convnextv2_{size}' + ('' if patch_size == 8 else '_p16')
+            )
         count = sum(
             p.numel()
             for name, p in model.named_parameters()
@@ -229,7 +234,7 @@ class TestTimmApi:
         assert names == {
             f'mmearth_convnextv2_{size}{suffix}'
             for size in SIZES
-            for suffix in ('', '_p8', '_p16')
+            for suffix in ('', '_p16')
         }
 
     def test_patch_size_entry_points(self) -> None:
@@ -242,15 +247,13 @@ class TestTimmApi:
         assert p16.patch_size == kwarg.patch_size == 16
         assert kwarg.pretrained_cfg['input_size'] == (12, 112, 112)
         assert kwarg.pretrained_cfg['architecture'] == 'mmearth_convnextv2_atto_p16'
-        with pytest.raises(ValueError, match='use mmearth_convnextv2_atto_p16'):
-            timm.create_model('mmearth_convnextv2_atto_p8', patch_size=16)
+        with pytest.raises(ValueError, match='use mmearth_convnextv2_atto instead'):
+            timm.create_model('mmearth_convnextv2_atto_p16', patch_size=8)
         with pytest.raises(ValueError, match='patch_size must be one of'):
             timm.create_model('mmearth_convnextv2_atto', patch_size=4)
 
     @pytest.mark.parametrize('size', SIZES)
-    @pytest.mark.parametrize(
-        ('suffix', 'patch_size'), [('', 8), ('_p8', 8), ('_p16', 16)]
-    )
+    @pytest.mark.parametrize(('suffix', 'patch_size'), [('', 8), ('_p16', 16)])
     def test_default_cfg(self, size: str, suffix: str, patch_size: int) -> None:
         name = f'mmearth_convnextv2_{size}{suffix}'
         assert is_model(name)
@@ -285,7 +288,7 @@ class TestTimmApi:
             )
         ]
         getter = timm.create_model(
-            'mmearth_convnextv2_atto_p8', features_only=True, feature_cls='getter'
+            'mmearth_convnextv2_atto', features_only=True, feature_cls='getter'
         )
         sizes = [f.shape[-1] for f in getter(torch.randn(1, 12, 16, 16))]
         assert sizes == [16, 8, 4, 2]
@@ -635,7 +638,7 @@ def test_pretraining_geometry(
     expected = ref_encoder(checkpoint['model'], x, patch_size)
     assert expected[-1].shape[-2:] == (size[0] // patch_size, size[1] // patch_size)
 
-    name = f'mmearth_convnextv2_atto_p{patch_size}'
+    name = ATTO[patch_size]
     model = timm.create_model(name)
     model.load_state_dict(checkpoint_filter_fn(checkpoint, model), strict=False)
     model = model.double().eval()

@@ -72,7 +72,7 @@ def test_official_checkpoint(make_official_checkpoint: OfficialCheckpoint) -> No
     checkpoint = make_official_checkpoint(patch_size=8)
     model = MMEarthUNet(5, patch_size=8).eval()
     model.encoder.load_state_dict(checkpoint)
-    reference = timm.create_model('mmearth_convnextv2_atto_p8')
+    reference = timm.create_model('mmearth_convnextv2_atto')
     reference.load_state_dict(checkpoint_filter_fn(checkpoint, reference), strict=False)
     x = torch.randn(1, 12, 32, 32)
     with torch.no_grad():

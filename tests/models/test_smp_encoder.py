@@ -12,6 +12,9 @@ from torchgeo_mmearth.models import (
     checkpoint_filter_fn,
 )
 
+#: The atto entry point of each patch size.
+ATTO = {8: 'mmearth_convnextv2_atto', 16: 'mmearth_convnextv2_atto_p16'}
+
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 OfficialCheckpoint = Callable[..., dict[str, Any]]
@@ -24,7 +27,7 @@ def unet(name: str = 'mmearth_convnextv2_atto', **kwargs: Any) -> smp.Unet:
 
 def test_registered_names() -> None:
     for size in MMEARTH_CONVNEXTV2_SIZES:
-        for suffix in ('', '_p8', '_p16'):
+        for suffix in ('', '_p16'):
             name = f'mmearth_convnextv2_{size}{suffix}'
             assert name in smp.encoders.get_encoder_names()
             assert smp.encoders.encoders[name]['encoder'] is MMEarthConvNeXtV2Encoder
@@ -33,14 +36,14 @@ def test_registered_names() -> None:
 @pytest.mark.parametrize('patch_size', [8, 16])
 @pytest.mark.parametrize('size', [64, 128, 256])
 def test_unet_output_size(patch_size: int, size: int) -> None:
-    model = unet(f'mmearth_convnextv2_atto_p{patch_size}').eval()
+    model = unet(ATTO[patch_size]).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 12, size, size)).shape == (1, 7, size, size)
 
 
 @pytest.mark.parametrize('patch_size', [8, 16])
 def test_feature_levels(patch_size: int) -> None:
-    encoder = unet(f'mmearth_convnextv2_atto_p{patch_size}').encoder.eval()
+    encoder = unet(ATTO[patch_size]).encoder.eval()
     x = torch.randn(2, 12, 64, 64)
     with torch.no_grad():
         features = encoder(x)
@@ -53,9 +56,7 @@ def test_feature_levels(patch_size: int) -> None:
     ]
     assert encoder.output_stride == patch_size
     # The levels are the timm model's initial conv, patch stem and stages 1-3.
-    timm_model = timm.create_model(
-        f'mmearth_convnextv2_atto_p{patch_size}', num_classes=3
-    ).eval()
+    timm_model = timm.create_model(ATTO[patch_size], num_classes=3).eval()
     timm_model.load_state_dict(encoder.state_dict(), strict=False)
     with torch.no_grad():
         initial = timm_model.stem[:3](x)
@@ -91,7 +92,7 @@ def test_load_official_checkpoint(make_official_checkpoint: OfficialCheckpoint) 
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(value, expected[key])
     with pytest.raises(ValueError, match='patch size 16'):
-        unet('mmearth_convnextv2_atto_p8').encoder.load_state_dict(checkpoint)
+        unet('mmearth_convnextv2_atto').encoder.load_state_dict(checkpoint)
     partial = {
         k: v
         for k, v in encoder.state_dict().items()

@@ -43,7 +43,7 @@ from torchgeo_mmearth.models import (
     convert_checkpoint,
     load_checkpoint,
     mmearth_convnextv2_atto,
-    mmearth_convnextv2_atto_p8,
+    mmearth_convnextv2_atto_p16,
     mmearth_convnextv2_tiny,
 )
 from torchgeo_mmearth.transforms import MMEarthS2Normalize
@@ -252,7 +252,6 @@ class TestCheckpointTable:
 
     def test_default_tags(self) -> None:
         assert get_pretrained_cfg('mmearth_convnextv2_atto').tag == 's2_mp_mae'
-        assert get_pretrained_cfg('mmearth_convnextv2_atto_p8').tag == 's2_mp_mae'
         assert (
             get_pretrained_cfg('mmearth_convnextv2_atto_p16').tag == 's2_mp_mae_mmearth'
         )
@@ -467,10 +466,9 @@ class TestBuilders:
         expected = expected_state_dict(path, 'mmearth_convnextv2_atto')
         for model in (
             mmearth_convnextv2_atto(weights=HEADLINE, num_classes=4),
-            mmearth_convnextv2_atto_p8(weights='MMEarthWeights.S2_MP_MAE'),
+            mmearth_convnextv2_atto(weights='MMEarthWeights.S2_MP_MAE'),
             get_model('mmearth_convnextv2_atto', weights=HEADLINE),
             get_model('mmearth_convnextv2_atto', HEADLINE),  # TorchGeo's positional
-            timm.create_model('mmearth_convnextv2_atto', weights=HEADLINE),
         ):
             state = model.state_dict()
             for key, value in expected.items():
@@ -499,9 +497,9 @@ class TestBuilders:
         with pytest.raises(ValueError, match='remap_bands'):
             mmearth_convnextv2_atto(weights=HEADLINE, in_chans=13)
         with pytest.raises(
-            ValueError, match=r'patch size 16, mmearth_convnextv2_atto_p8'
+            ValueError, match=r'patch size 8, mmearth_convnextv2_atto_p16 has 16'
         ):
-            mmearth_convnextv2_atto_p8(weights=P16)
+            mmearth_convnextv2_atto_p16(weights=HEADLINE)
         with pytest.raises(ValueError, match='have patch size 8, got patch_size=16'):
             mmearth_convnextv2_atto(weights=HEADLINE, patch_size=16)
         with pytest.raises(ValueError, match=r'for mmearth_convnextv2_atto .*not for'):
@@ -598,7 +596,6 @@ class TestTorchGeoApi:
 
     def test_registered(self) -> None:
         names = {w.meta['model'] for w in MMEarthWeights}
-        names |= {'mmearth_convnextv2_atto_p8', 'mmearth_convnextv2_tiny_p8'}
         assert names <= set(list_models())
         for name in names:
             assert get_model_weights(name) is MMEarthWeights

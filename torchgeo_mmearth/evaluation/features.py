@@ -33,14 +33,12 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
-from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from .._atomic import atomic_path
-from .._compat import extract_backbone
 from .._compat import load_state_dict as torchgeo_load_state_dict
-from ..models import MMEarthConvNeXtV2, checkpoint_filter_fn, load_checkpoint
+from ..models import weights_state_dict
 
 __all__ = [
     'SAMPLE_ID_ATTRIBUTES',
@@ -250,39 +248,10 @@ def _describe(weights: Any) -> str | None:
     return repr(weights) if isinstance(weights, WeightsEnum) else str(weights)
 
 
-def _state_dict_from_file(path: str, backbone: nn.Module) -> dict[str, Tensor]:
-    """The backbone's weights from a checkpoint file, as TorchGeo's tasks read it."""
-    if isinstance(backbone, MMEarthConvNeXtV2):
-        # Official MP-MAE, export-weights, Lightning, timm and smp formats,
-        # checked against the architecture.
-        return checkpoint_filter_fn(load_checkpoint(path), backbone)
-    checkpoint = load_checkpoint(path)
-    if isinstance(checkpoint, Mapping) and 'hyper_parameters' in checkpoint:
-        return extract_backbone(path)[1]  # a Lightning checkpoint, as TorchGeo
-    if isinstance(checkpoint, Mapping) and isinstance(
-        checkpoint.get('state_dict'), Mapping
-    ):
-        return dict(checkpoint['state_dict'])
-    if isinstance(checkpoint, Mapping) and all(
-        isinstance(v, Tensor) for v in checkpoint.values()
-    ):
-        return dict(checkpoint)
-    raise ValueError(
-        f'{path} is neither a Lightning checkpoint, a {{"state_dict": ...}} file '
-        'nor a state dict'
-    )
-
-
 def _load_weights(backbone: nn.Module, weights: Any) -> None:
     """Load *weights* into *backbone* as ClassificationTask.configure_models does."""
-    if isinstance(weights, WeightsEnum):
-        state_dict = weights.get_state_dict(progress=True)
-    elif os.path.exists(weights):
-        state_dict = _state_dict_from_file(os.fspath(weights), backbone)
-    else:
-        state_dict = get_weight(str(weights)).get_state_dict(progress=True)
+    state_dict = weights_state_dict(weights, backbone)
     source = _describe(weights)
-    state_dict = dict(state_dict)
     own = backbone.state_dict()
     # The backbone has no classifier: drop the weights' classifier.
     cfg = getattr(backbone, 'pretrained_cfg', None) or {}

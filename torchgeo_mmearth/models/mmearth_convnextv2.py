@@ -12,11 +12,12 @@ for the pretraining input in both configurations.
 Importing this module registers with timm, for every size (atto, femto, pico,
 nano, tiny, base, large, huge):
 
-* ``mmearth_convnextv2_<size>``: patch size 8, or 16 with ``patch_size=16``;
-* ``mmearth_convnextv2_<size>_p8`` and ``mmearth_convnextv2_<size>_p16``.
+* ``mmearth_convnextv2_<size>``: patch size 8 (or 16 with ``patch_size=16``);
+* ``mmearth_convnextv2_<size>_p16``: patch size 16.
 
-:func:`checkpoint_filter_fn` converts the official MP-MAE checkpoints (sparse
-MinkowskiEngine keys) and their dense conversions to this model's keys.
+:func:`checkpoint_filter_fn` loads the official MP-MAE checkpoints (sparse
+MinkowskiEngine keys, converted by :mod:`torchgeo_mmearth.models.conversion`) and
+every other MMEarth encoder format into this model.
 
 The official checkpoints are timm pretrained tags of the architecture they fit
 (``mmearth_convnextv2_atto.s2_mp_mae`` is the default of
@@ -31,23 +32,22 @@ The official checkpoints are timm pretrained tags of the architecture they fit
     )
 
 Every entry point takes the same arguments: ``pretrained`` loads the weights of
-the timm pretrained tag (timm style); ``weights`` loads TorchGeo-style weights, an
-:class:`~torchgeo_mmearth.models.MMEarthWeights` member or its name
-(``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint, and the model
-then takes their input bands and patch size; further keyword arguments go to
-:class:`MMEarthConvNeXtV2` and timm. Each returns the model::
+the timm pretrained tag; further keyword arguments go to
+:class:`MMEarthConvNeXtV2` and timm. TorchGeo-style weights (an
+:class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name or a checkpoint
+file) load through the builders of :mod:`torchgeo_mmearth.models.weights`::
+
+    from torchgeo_mmearth.models import MMEarthWeights, mmearth_convnextv2_atto
 
     mmearth_convnextv2_atto(weights=MMEarthWeights.S2_MP_MAE)
 """
 
 import contextlib
-import math
-import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,6 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from torch import Tensor, nn
-from torchvision.models._api import WeightsEnum
 
 from .checkpoints import (
     OFFICIAL_CHECKPOINTS,
@@ -70,6 +69,7 @@ from .checkpoints import (
     load_checkpoint,
     safe_globals,
 )
+from .conversion import encoder_entries
 
 # A list, not a tuple: timm's register_model appends every entry point to it.
 __all__ = [
@@ -96,20 +96,11 @@ MMEARTH_CONVNEXTV2_SIZES: dict[
 #: Patch sizes (total encoder strides) of the published MP-MAE configurations.
 PATCH_SIZES = (8, 16)
 
-#: What the ``weights`` argument of the entry points accepts: an
-#: :class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name
-#: (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint.
-WeightsArg: TypeAlias = 'WeightsEnum | str | os.PathLike[str] | None'
-
 # Every LayerNorm of the MP-MAE encoder uses eps 1e-6.
 _norm_layer = partial(LayerNorm2d, eps=1e-6)
 _norm_layer_cl = partial(LayerNorm, eps=1e-6)
 
 _GLOBAL_POOLS = ('avg', '')
-# First key components of every accepted encoder format (before any prefix).
-_TOP_LEVEL_KEYS = frozenset(
-    ('encoder', 'stem', 'stages', 'norm', 'head', 'initial_conv', 'downsample_layers')
-)
 _CLASSIFIER_PREFIXES = ('norm.', 'head.')
 
 
@@ -481,91 +472,6 @@ class MMEarthConvNeXtV2(nn.Module):
         self.load_state_dict(checkpoint_filter_fn(checkpoint, self), strict=False)
 
 
-# Stem and stage keys (after the sparse-to-dense step) of the MMEarth models:
-# FCMAE's encoder, the dense ConvNeXtV2 classifier and the dense UNet.
-_MMEARTH_KEY_RULES: tuple[
-    tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...
-] = (
-    (re.compile(r'^initial_conv\.([01])\.'), lambda m: f'stem.{m[1]}.'),
-    (re.compile(r'^stem\.([01])\.'), lambda m: f'stem.{int(m[1]) + 3}.'),
-    (
-        re.compile(r'^downsample_layers\.(\d)\.'),
-        lambda m: f'stages.{int(m[1]) + 1}.downsample.',
-    ),
-    (re.compile(r'^stages\.(\d)\.(\d+)\.'), lambda m: f'stages.{m[1]}.blocks.{m[2]}.'),
-    (re.compile(r'^(norm|head)\.'), lambda m: m[0]),
-)
-_MMEARTH_BLOCK_RENAMES = (
-    ('.dwconv.', '.conv_dw.'),
-    ('.pwconv1.', '.mlp.fc1.'),
-    ('.pwconv2.', '.mlp.fc2.'),
-    ('.grn.gamma', '.mlp.grn.weight'),
-    ('.grn.beta', '.mlp.grn.bias'),
-)
-
-
-def _minkowski_to_conv(kernel: Tensor) -> Tensor:
-    """Convert a MinkowskiEngine 2-D kernel to a Conv2d weight.
-
-    MinkowskiEngine stores one (in, out) matrix per kernel offset, the offsets
-    enumerated with the first spatial axis (H, the row of a dense tensor
-    converted with ``to_sparse``) varying fastest: offset (h, w) is at index
-    h + k * w. Even kernels (stem, downsampling) span offsets 0..k-1, odd ones
-    -(k//2)..k//2, which is Conv2d's cross-correlation with padding 0 and k//2.
-
-    Args:
-        kernel: (k*k, in, out) for a convolution, (k*k, channels) for a depthwise
-            convolution.
-
-    Returns:
-        The weight, (out, in, k, k) or (channels, 1, k, k).
-
-    Raises:
-        ValueError: if the kernel shape is not one of these.
-    """
-    k = math.isqrt(kernel.shape[0])
-    if k * k != kernel.shape[0] or kernel.ndim not in (2, 3):
-        raise ValueError(
-            f'expected a MinkowskiEngine kernel of shape (k*k, in, out) or '
-            f'(k*k, channels), got {tuple(kernel.shape)}'
-        )
-    grid = kernel.reshape(k, k, *kernel.shape[1:])  # (w, h, ...)
-    if kernel.ndim == 3:
-        return grid.permute(3, 2, 1, 0).contiguous()
-    return grid.permute(2, 1, 0).unsqueeze(1).contiguous()
-
-
-def _from_mmearth(key: str, value: Tensor) -> tuple[str, Tensor] | None:
-    """Convert one encoder entry of an MMEarth checkpoint to this model's format.
-
-    Args:
-        key: key without the ``encoder.`` prefix, sparse or dense.
-        value: its tensor.
-
-    Returns:
-        The key and tensor of this model, or None for a key that is not part of the
-        encoder or classifier (a UNet decoder, say).
-    """
-    # MinkowskiLayerNorm and MinkowskiLinear wrap their torch layer as .ln/.linear.
-    key = '.'.join(part for part in key.split('.') if part not in ('ln', 'linear'))
-    if key.endswith('.kernel'):
-        key = key.removesuffix('.kernel') + '.weight'
-        value = _minkowski_to_conv(value)
-    elif value.ndim > 1 and (key.endswith('.bias') or '.grn.' in key):
-        # Minkowski biases are (1, out); GRN parameters (1, C) or (1, 1, 1, C).
-        value = value.flatten()
-    for pattern, replace in _MMEARTH_KEY_RULES:
-        match = pattern.match(key)
-        if match:
-            key = replace(match) + key[match.end() :]
-            break
-    else:
-        return None
-    for old, new in _MMEARTH_BLOCK_RENAMES:
-        key = key.replace(old, new)
-    return key, value
-
-
 def _architecture(state_dict: Mapping[str, Tensor]) -> tuple[list[int], list[int]]:
     """Read the stage depths and widths off a state dict in this model's format."""
     depths: dict[int, int] = {}
@@ -625,41 +531,7 @@ def checkpoint_filter_fn(
             (``stem.3.weight``), an entry that *model* lacks, or, with *strict*,
             lacks stem or stage entries of *model*.
     """
-    if isinstance(state_dict.get('model'), Mapping):
-        state_dict = state_dict['model']
-    elif isinstance(state_dict.get('state_dict'), Mapping):
-        # torchgeo-mmearth export ({'state_dict', 'meta'}) or Lightning checkpoint.
-        state_dict = state_dict['state_dict']
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
-    if not any(k.split('.')[0] in _TOP_LEVEL_KEYS for k in tensors) and any(
-        k.startswith('model.') for k in tensors
-    ):
-        # A TorchGeo task (MPMAETask, ClassificationTask) keeps the network in
-        # self.model; its decoder and loss live elsewhere.
-        tensors = {
-            k.removeprefix('model.'): v
-            for k, v in tensors.items()
-            if k.startswith('model.')
-        }
-    if any(k.split('.')[0] == 'encoder' for k in tensors):
-        # A whole FCMAE or UNet: keep the encoder.
-        tensors = {
-            k.removeprefix('encoder.'): v
-            for k, v in tensors.items()
-            if k.startswith('encoder.')
-        }
-    if any(k.startswith('stem_orig.') for k in tensors):
-        raise ValueError(
-            "checkpoints pretrained with use_orig_stem=True ('stem_orig.*' keys) "
-            'have no initial 3x3 convolution and cannot be loaded into this model'
-        )
-    if any(k.startswith(('initial_conv.', 'downsample_layers.')) for k in tensors):
-        tensors = dict(
-            item
-            for item in (_from_mmearth(k, v) for k, v in tensors.items())
-            if item is not None
-        )
-
+    tensors = encoder_entries(state_dict)
     expected = model.state_dict()
     found, wanted = _architecture(tensors), _architecture(expected)
     if strict and not found[0]:
@@ -785,187 +657,58 @@ def _official_cfg(checkpoint: OfficialCheckpoint) -> dict[str, Any]:
     return cfg
 
 
-def _official_architectures(checkpoint: OfficialCheckpoint) -> tuple[str, ...]:
-    """Entry points that fit a checkpoint: its model, and the _p8 alias of a P=8 one."""
-    if checkpoint.patch_size == 8:
-        return checkpoint.model, f'{checkpoint.model}_p8'
-    return (checkpoint.model,)
-
-
 default_cfgs = generate_default_cfgs(
     {
         # Tagged entries first, headline first: the first tag with weights is the
         # default of its architecture (pretrained=True without a tag).
         **{
-            f'{model}.{checkpoint.tag}': _official_cfg(checkpoint)
+            f'{checkpoint.model}.{checkpoint.tag}': _official_cfg(checkpoint)
             for checkpoint in OFFICIAL_CHECKPOINTS
-            for model in _official_architectures(checkpoint)
         },
         **{
             f'mmearth_convnextv2_{size}{suffix}': _cfg(patch_size)
             for size in MMEARTH_CONVNEXTV2_SIZES
-            for suffix, patch_size in (('', 8), ('_p8', 8), ('_p16', 16))
+            for suffix, patch_size in (('', 8), ('_p16', 16))
         },
     }
 )
 
-_MODEL_NAME = re.compile(r'mmearth_convnextv2_([a-z]+?)(?:_p(8|16))?')
-
-
-def _weights_architecture(weights: Any) -> tuple[str, int, int, str]:
-    """Size, patch size, input bands and description of an MMEarthWeights member."""
-    meta = weights.meta
-    match = _MODEL_NAME.fullmatch(str(meta.get('model', '')))
-    if match is None or match[1] not in MMEARTH_CONVNEXTV2_SIZES:
-        raise ValueError(
-            f'{weights!r} is not for an MMEarth ConvNeXt V2: its '
-            f"meta['model'] is {meta.get('model')!r}"
-        )
-    patch_size = int(meta.get('patch_size') or match[2] or 8)
-    return match[1], patch_size, int(meta['in_chans']), f'{weights!r}'
-
-
-def _resolve_weights(weights: Any) -> Any:
-    """Turn ``'MMEarthWeights.X'`` into the enum member; return anything else."""
-    if (
-        isinstance(weights, str)
-        # 'MMEarthWeights.S2_MP_MAE', not 'checkpoint.pth'
-        and re.fullmatch(r'[A-Za-z_]\w*Weights\.[A-Za-z_]\w*', weights)
-        and not os.path.exists(weights)
-    ):
-        from torchgeo.models.api import get_weight
-
-        return get_weight(weights)
-    return weights
-
 
 def _create(
-    size: str,
-    fixed_patch_size: int | None,
-    pretrained: Any,
-    weights: Any = None,
-    **kwargs: Any,
+    size: str, fixed_patch_size: int | None, pretrained: bool, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """Build a registered model with its pretrained configuration.
 
     Args:
         size: one of :data:`MMEARTH_CONVNEXTV2_SIZES`.
-        fixed_patch_size: patch size of a ``_p8``/``_p16`` entry point, None for
-            the plain one (patch size 8 unless ``patch_size`` or *weights* say
-            otherwise).
+        fixed_patch_size: 16 for a ``_p16`` entry point, None for the plain one
+            (patch size 8 unless ``patch_size`` says otherwise).
         pretrained: load the weights of the timm pretrained tag (see
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` for the tags). A
-            weights enum member given here (TorchGeo's positional convention)
-            is taken as *weights*.
-        weights: weights to load, TorchGeo style: an
-            :class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name
-            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint
-            in a format of :func:`checkpoint_filter_fn` (official MP-MAE,
-            ``torchgeo-mmearth export-weights``, Lightning). The model then takes
-            the weights' input bands and patch size.
+            :class:`~torchgeo_mmearth.models.MMEarthWeights` for the tags).
         **kwargs: further :class:`MMEarthConvNeXtV2` and timm arguments.
 
     Returns:
         The model.
 
     Raises:
-        ValueError: for an unsupported patch size, one that contradicts the entry
-            point, weights of another architecture, or an ``in_chans`` or
-            ``patch_size`` that contradicts the weights.
+        ValueError: for an unsupported patch size, or one that contradicts the
+            entry point.
     """
     name = f'mmearth_convnextv2_{size}'
-    if isinstance(pretrained, WeightsEnum):
-        if weights is not None:
-            raise ValueError(
-                f'{name}: weights given twice, {pretrained!r} and {weights!r}'
-            )
-        pretrained, weights = False, pretrained
-    weights = _resolve_weights(weights)
-    export_meta: Mapping[str, Any] = {}
-    checkpoint: Any = None
-    if weights is not None:
-        if pretrained:
-            raise ValueError(
-                f'{name}: pass either pretrained=True (the timm pretrained tag) or '
-                f'weights={weights!r}, not both'
-            )
-        w_patch: int | None = None
-        w_in_chans: int | None = None
-        if isinstance(weights, WeightsEnum):
-            w_size, w_patch, w_in_chans, what = _weights_architecture(weights)
-            if w_size != size:
-                entry = (
-                    name if fixed_patch_size is None else f'{name}_p{fixed_patch_size}'
-                )
-                raise ValueError(
-                    f'{what} are for {weights.meta["model"]} (ConvNeXt V2 {w_size}), '
-                    f'not for {entry}'
-                )
-        else:
-            # A checkpoint file: an export says its bands and patch size, other
-            # formats are checked by checkpoint_filter_fn against the model.
-            checkpoint = load_checkpoint(weights)
-            if isinstance(checkpoint, Mapping) and isinstance(
-                checkpoint.get('meta'), Mapping
-            ):
-                export_meta = checkpoint['meta']
-            if export_meta.get('patch_size'):
-                w_patch = int(export_meta['patch_size'])
-            if export_meta.get('in_chans'):
-                w_in_chans = int(export_meta['in_chans'])
-            what = f'the weights {weights!r}'
-        if w_patch is not None:
-            if fixed_patch_size is not None and w_patch != fixed_patch_size:
-                raise ValueError(
-                    f'{what} have patch size {w_patch}, {name}_p{fixed_patch_size} '
-                    f'has {fixed_patch_size}; use {name}_p{w_patch} or {name}'
-                )
-            if kwargs.setdefault('patch_size', w_patch) != w_patch:
-                raise ValueError(
-                    f'{what} have patch size {w_patch}, got '
-                    f'patch_size={kwargs["patch_size"]}'
-                )
-        if w_in_chans is not None and (
-            kwargs.setdefault('in_chans', w_in_chans) != w_in_chans
-        ):
-            raise ValueError(
-                f'{what} were pretrained on {w_in_chans} input bands'
-                f'{_bands_note(weights, export_meta)}, got '
-                f'in_chans={kwargs["in_chans"]}; reorder or select the input bands '
-                'with torchgeo_mmearth.transforms.remap_bands / BandRemap, or build the '
-                'model without weights and load them with TorchGeo, which '
-                're-initialises the first convolution'
-            )
-
     patch_size = kwargs.pop('patch_size', fixed_patch_size or 8)
     _check_patch_size(patch_size)
     if fixed_patch_size is not None and patch_size != fixed_patch_size:
         raise ValueError(
             f'{name}_p{fixed_patch_size} has patch_size={fixed_patch_size}, got '
-            f'patch_size={patch_size}; use {name}_p{patch_size} instead'
+            f'patch_size={patch_size}; use {name} instead'
         )
-    plain = fixed_patch_size is None and patch_size == 8
-    variant = name if plain else f'{name}_p{patch_size}'
     depths, dims = MMEARTH_CONVNEXTV2_SIZES[size]
-    state_dict: Any = None
-    if weights is not None:
-        if isinstance(weights, WeightsEnum):
-            state_dict = weights.get_state_dict(progress=True)
-        else:
-            state_dict = checkpoint
-    features_only = bool(kwargs.get('features_only'))
-    if state_dict is not None and features_only:
-        # A feature wrapper renames the parameters: let timm load the weights
-        # into the model before it wraps it.
-        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-        kwargs['pretrained_cfg_overlay'] = {**overlay, 'state_dict': state_dict}
-        pretrained = True
     # timm loads a pretrained file with weights_only=True: allow the plain-data
     # types of the official pickles while it does.
     with safe_globals() if pretrained else contextlib.nullcontext():
-        model = build_model_with_cfg(
+        model: MMEarthConvNeXtV2 = build_model_with_cfg(
             MMEarthConvNeXtV2,
-            variant,
+            name if patch_size == 8 else f'{name}_p{patch_size}',
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             # Pretraining checkpoints have no norm and head; the filter checks
@@ -977,279 +720,191 @@ def _create(
             patch_size=patch_size,
             **kwargs,
         )
-    if state_dict is not None and features_only:
-        # No second copy of the weights in the model's configuration.
+    if model.pretrained_cfg.get('state_dict') is not None:
+        # Weights handed over through the configuration: no second copy of them.
         cast(dict[str, Any], model.pretrained_cfg)['state_dict'] = None
-    elif state_dict is not None:
-        model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=False)
     return model
-
-
-def _bands_note(weights: Any, export_meta: Mapping[str, Any]) -> str:
-    bands = weights.meta.get('bands') if isinstance(weights, WeightsEnum) else None
-    bands = bands or export_meta.get('bands')
-    return f' ({", ".join(bands)})' if bands else ''
 
 
 @register_model
 def mmearth_convnextv2_atto(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('atto', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_atto_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_atto_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('atto', 8, pretrained, weights, **kwargs)
+    return _create('atto', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_atto_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('atto', 16, pretrained, weights, **kwargs)
+    return _create('atto', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_femto(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 femto, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('femto', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_femto_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 femto, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_femto_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('femto', 8, pretrained, weights, **kwargs)
+    return _create('femto', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_femto_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 femto, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('femto', 16, pretrained, weights, **kwargs)
+    return _create('femto', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_pico(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 pico, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('pico', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_pico_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 pico, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_pico_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('pico', 8, pretrained, weights, **kwargs)
+    return _create('pico', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_pico_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 pico, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('pico', 16, pretrained, weights, **kwargs)
+    return _create('pico', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_nano(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 nano, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('nano', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_nano_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 nano, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_nano_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('nano', 8, pretrained, weights, **kwargs)
+    return _create('nano', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_nano_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 nano, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('nano', 16, pretrained, weights, **kwargs)
+    return _create('nano', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_tiny(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 tiny, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('tiny', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_tiny_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_tiny_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('tiny', 8, pretrained, weights, **kwargs)
+    return _create('tiny', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_tiny_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('tiny', 16, pretrained, weights, **kwargs)
+    return _create('tiny', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_base(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 base, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('base', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_base_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 base, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_base_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('base', 8, pretrained, weights, **kwargs)
+    return _create('base', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_base_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 base, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('base', 16, pretrained, weights, **kwargs)
+    return _create('base', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_large(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 large, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('large', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_large_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 large, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_large_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('large', 8, pretrained, weights, **kwargs)
+    return _create('large', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_large_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 large, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('large', 16, pretrained, weights, **kwargs)
+    return _create('large', 16, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_huge(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 huge, patch size 8 (16 by ``patch_size`` or *weights*).
-
-    Arguments as for every entry point (see the module docstring).
-    """
-    return _create('huge', None, pretrained, weights, **kwargs)
-
-
-@register_model
-def mmearth_convnextv2_huge_p8(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 huge, patch size 8 (56 px MMEarth64 pretraining).
 
+    ``patch_size=16`` builds the patch-16 model of ``mmearth_convnextv2_huge_p16``.
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('huge', 8, pretrained, weights, **kwargs)
+    return _create('huge', None, pretrained, **kwargs)
 
 
 @register_model
 def mmearth_convnextv2_huge_p16(
-    pretrained: bool = False, weights: WeightsArg = None, **kwargs: Any
+    pretrained: bool = False, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 huge, patch size 16 (112 px MMEarth pretraining).
 
     Arguments as for every entry point (see the module docstring).
     """
-    return _create('huge', 16, pretrained, weights, **kwargs)
+    return _create('huge', 16, pretrained, **kwargs)

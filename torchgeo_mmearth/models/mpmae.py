@@ -93,7 +93,7 @@ class MPMAE(nn.Module):
             patch_size: masking patch size, which must equal the encoder's total
                 stride (8 for 56 px inputs, 16 for 112 px inputs).
             tasks: pretext tasks; None for the 12 MP-MAE tasks
-                (:func:`~torchgeo_mmearth.losses.default_pretext_tasks`).
+                (:func:`~torchgeo_mmearth.modalities.default_pretext_tasks`).
             mask_ratio: fraction of masked patches per sample, in [0, 1).
             decoder_dim: decoder width.
             decoder_depth: number of decoder blocks.

@@ -7,7 +7,7 @@ predicts the other MMEarth modalities: pixel-level maps (Sentinel-1, elevation,
 canopy height, land cover) for the masked patches and image-level vectors and
 classes (climate, location, date, biome, ecoregion) for the whole tile.
 
-The task descriptions (:class:`~torchgeo_mmearth.losses.PretextTask`) and the patch
+The task descriptions (:class:`~torchgeo_mmearth.modalities.PretextTask`) and the patch
 layout shared by the heads and the losses (:func:`~torchgeo_mmearth.losses.patchify`)
 live in :mod:`torchgeo_mmearth.losses.tasks`.
 """
@@ -106,7 +106,7 @@ class MultiPretextDecoder(nn.Module):
             patch_size: side *P* in pixels of the patch that one grid cell of the
                 encoder features covers (the total encoder stride: 8 for 56 px
                 inputs, 16 for 112 px inputs).
-            tasks: pretext tasks to predict, e.g. :func:`~torchgeo_mmearth.losses.default_pretext_tasks`;
+            tasks: pretext tasks to predict, e.g. :func:`~torchgeo_mmearth.modalities.default_pretext_tasks`;
                 names must be unique.
             decoder_dim: channels of the decoder.
             decoder_depth: number of ConvNeXt V2 blocks (0: no block).

@@ -210,6 +210,6 @@ mmearth_encoders: dict[str, dict[str, Any]] = {
         'params': {'depths': depths, 'dims': dims, 'patch_size': patch_size},
     }
     for size, (depths, dims) in MMEARTH_CONVNEXTV2_SIZES.items()
-    for suffix, patch_size in (('', 8), ('_p8', 8), ('_p16', 16))
+    for suffix, patch_size in (('', 8), ('_p16', 16))
 }
 smp.encoders.encoders.update(mmearth_encoders)

@@ -22,9 +22,10 @@ statistics (:class:`~torchgeo_mmearth.transforms.MMEarthS2Normalize`).
 """
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeAlias
 
 import timm
 import torch
@@ -33,16 +34,27 @@ from torchvision.models._api import Weights, WeightsEnum
 
 from ..modalities import BandStats
 from ..transforms import BandRemap, MMEarthS2Normalize
-from . import mmearth_convnextv2
 from .checkpoints import (
     OFFICIAL_CHECKPOINTS,
     CheckpointDownloadError,
     OfficialCheckpoint,
     load_checkpoint,
 )
-from .mmearth_convnextv2 import checkpoint_filter_fn
+from .mmearth_convnextv2 import (
+    MMEARTH_CONVNEXTV2_SIZES,
+    MMEarthConvNeXtV2,
+    checkpoint_filter_fn,
+)
 
-__all__ = ['WEIGHTS_DIR_VARIABLE', 'MMEarthWeights', 'convert_checkpoint']
+__all__ = [
+    'WEIGHTS_DIR_VARIABLE',
+    'MMEarthWeights',
+    'convert_checkpoint',
+    'mmearth_convnextv2_atto',
+    'mmearth_convnextv2_atto_p16',
+    'mmearth_convnextv2_tiny',
+    'weights_state_dict',
+]
 
 
 def convert_checkpoint(
@@ -348,14 +360,257 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
         return nn.Sequential(remap, normalize)
 
 
-def _torchgeo_builders() -> dict[str, Any]:
-    """Entry points that can load an :class:`MMEarthWeights` member."""
-    names: dict[str, None] = {}
-    for checkpoint in OFFICIAL_CHECKPOINTS:
-        names[checkpoint.model] = None
-        if not checkpoint.model.endswith('_p16'):
-            names[f'{checkpoint.model}_p8'] = None
-    return {name: getattr(mmearth_convnextv2, name) for name in names}
+#: What the ``weights`` argument of the builders accepts: an
+#: :class:`MMEarthWeights` member, its name (``'MMEarthWeights.S2_MP_MAE'``), or
+#: the path or URL of a checkpoint.
+WeightsArg: TypeAlias = 'WeightsEnum | str | os.PathLike[str] | None'
+
+_ENUM_MEMBER = re.compile(r'(?P<enum>[A-Za-z_]\w*Weights)\.(?P<member>[A-Za-z_]\w*)')
+_MODEL_NAME = re.compile(r'mmearth_convnextv2_([a-z]+?)(?:_p(8|16))?')
+
+
+def _resolve(weights: WeightsArg) -> WeightsArg:
+    """Turn ``'MMEarthWeights.X'`` into the member; return anything else."""
+    if not isinstance(weights, str) or os.path.exists(weights):
+        return weights
+    match = _ENUM_MEMBER.fullmatch(weights)
+    if match is None:
+        return weights
+    if match['enum'] != MMEarthWeights.__name__:
+        # Another plugin's or TorchGeo's weights, which the builders then refuse
+        # with their architecture.
+        from torchgeo.models import get_weight
+
+        foreign: WeightsEnum = get_weight(weights)
+        return foreign
+    try:
+        member: MMEarthWeights = MMEarthWeights[match['member']]
+    except KeyError:
+        raise ValueError(
+            f'{weights!r} is not a valid WeightsEnum member; MMEarthWeights has '
+            f'{[member.name for member in MMEarthWeights]}'
+        ) from None
+    return member
+
+
+def weights_state_dict(
+    weights: WeightsArg, model: nn.Module | None = None
+) -> dict[str, Tensor]:
+    """The state dict of TorchGeo-style weights, resolved as TorchGeo's tasks do.
+
+    Args:
+        weights: a weights enum member, its name (``'MMEarthWeights.S2_MP_MAE'``)
+            or a checkpoint file: official MP-MAE, ``export-weights`` output, a
+            Lightning checkpoint (``model.`` keys are the network, as in
+            TorchGeo's ``extract_backbone``), ``{'state_dict': ...}`` or a plain
+            state dict.
+        model: the model the weights are for; an :class:`MMEarthConvNeXtV2`
+            gets any MMEarth format converted and checked
+            (:func:`~torchgeo_mmearth.models.checkpoint_filter_fn`).
+
+    Returns:
+        The state dict.
+
+    Raises:
+        ValueError: if a file holds no state dict, or does not fit *model*.
+    """
+    weights = _resolve(weights)
+    if isinstance(weights, WeightsEnum):
+        state_dict: dict[str, Tensor] = weights.get_state_dict(progress=True)
+        return state_dict
+    if weights is None:
+        raise ValueError('weights: expected weights, their name or a file, got None')
+    path = os.fspath(weights)
+    checkpoint = load_checkpoint(path)
+    if isinstance(model, MMEarthConvNeXtV2):
+        return checkpoint_filter_fn(checkpoint, model)
+    if isinstance(checkpoint, Mapping) and 'hyper_parameters' in checkpoint:
+        return {
+            key.removeprefix('model.'): value
+            for key, value in checkpoint['state_dict'].items()
+            if key.startswith('model.')
+        }
+    if isinstance(checkpoint, Mapping) and isinstance(
+        checkpoint.get('state_dict'), Mapping
+    ):
+        return dict(checkpoint['state_dict'])
+    if isinstance(checkpoint, Mapping) and all(
+        isinstance(value, Tensor) for value in checkpoint.values()
+    ):
+        return dict(checkpoint)
+    raise ValueError(
+        f'{path} is neither a Lightning checkpoint, a {{"state_dict": ...}} file '
+        'nor a state dict'
+    )
+
+
+def _weights_architecture(weights: WeightsEnum) -> tuple[str, int, int]:
+    """Size, patch size and input bands of weights for an MMEarth ConvNeXt V2."""
+    meta = weights.meta
+    match = _MODEL_NAME.fullmatch(str(meta.get('model', '')))
+    if match is None or match[1] not in MMEARTH_CONVNEXTV2_SIZES:
+        raise ValueError(
+            f'{weights!r} is not for an MMEarth ConvNeXt V2: its '
+            f"meta['model'] is {meta.get('model')!r}"
+        )
+    patch_size = int(meta.get('patch_size') or match[2] or 8)
+    return match[1], patch_size, int(meta['in_chans'])
+
+
+def _build(
+    name: str, weights: WeightsArg, *args: Any, **kwargs: Any
+) -> MMEarthConvNeXtV2:
+    """Build the timm model *name*, with TorchGeo-style weights loaded into it.
+
+    The model takes the weights' input bands and patch size; an ``in_chans`` or
+    ``patch_size`` that contradicts them is an error, as are weights of another
+    size.
+    """
+    weights = _resolve(weights)
+    if weights is None:
+        model: MMEarthConvNeXtV2 = timm.create_model(name, *args, **kwargs)
+        return model
+    if kwargs.get('pretrained'):
+        raise ValueError(
+            f'{name}: pass either pretrained=True (the timm pretrained tag) or '
+            f'weights={weights!r}, not both'
+        )
+    size, fixed_patch_size = _MODEL_NAME.fullmatch(name).groups()  # type: ignore[union-attr]
+    bands: Sequence[str] = ()
+    if isinstance(weights, WeightsEnum):
+        w_size, w_patch, w_in_chans = _weights_architecture(weights)
+        what = f'{weights!r}'
+        bands = weights.meta.get('bands') or ()
+        if w_size != size:
+            raise ValueError(
+                f'{what} are for {weights.meta["model"]} (ConvNeXt V2 {w_size}), '
+                f'not for {name}'
+            )
+        state_dict: Any = weights.get_state_dict(progress=True)
+    else:
+        # A checkpoint file: an export says its bands and patch size, other
+        # formats are checked by checkpoint_filter_fn against the model.
+        state_dict = load_checkpoint(weights)
+        meta = state_dict.get('meta') if isinstance(state_dict, Mapping) else None
+        meta = meta if isinstance(meta, Mapping) else {}
+        w_patch, w_in_chans = meta.get('patch_size'), meta.get('in_chans')
+        bands = meta.get('bands') or ()
+        what = f'the weights {weights!r}'
+    if w_patch:
+        if fixed_patch_size and int(w_patch) != int(fixed_patch_size):
+            raise ValueError(
+                f'{what} have patch size {w_patch}, {name} has {fixed_patch_size}; '
+                f'use mmearth_convnextv2_{size}'
+            )
+        if kwargs.setdefault('patch_size', int(w_patch)) != int(w_patch):
+            raise ValueError(
+                f'{what} have patch size {w_patch}, got '
+                f'patch_size={kwargs["patch_size"]}'
+            )
+    if w_in_chans and kwargs.setdefault('in_chans', int(w_in_chans)) != int(w_in_chans):
+        listed = f' ({", ".join(bands)})' if bands else ''
+        raise ValueError(
+            f'{what} were pretrained on {w_in_chans} input bands{listed}, got '
+            f'in_chans={kwargs["in_chans"]}; reorder or select the input bands '
+            'with torchgeo_mmearth.transforms.remap_bands / BandRemap, or build the '
+            'model without weights and load them with TorchGeo, which '
+            're-initialises the first convolution'
+        )
+    if kwargs.get('features_only'):
+        # A feature wrapper renames the parameters: let timm load the weights
+        # into the model before it wraps it.
+        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+        kwargs['pretrained_cfg_overlay'] = {**overlay, 'state_dict': state_dict}
+        model = timm.create_model(name, *args, pretrained=True, **kwargs)
+        return model
+    model = timm.create_model(name, *args, **kwargs)
+    model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=False)
+    return model
+
+
+def mmearth_convnextv2_atto(
+    weights: WeightsArg = None, *args: Any, **kwargs: Any
+) -> MMEarthConvNeXtV2:
+    """MMEarth ConvNeXt V2 atto, optionally with pretrained weights.
+
+    The TorchGeo builder of the timm model of the same name: patch size 8, or
+    that of the weights.
+
+    If you use this model in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+
+    Args:
+        weights: an :class:`MMEarthWeights` member, its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint
+            in a format of :func:`~torchgeo_mmearth.models.checkpoint_filter_fn`.
+        *args: additional arguments to pass to :func:`timm.create_model`.
+        **kwargs: additional keyword arguments to pass to
+            :func:`timm.create_model`.
+
+    Returns:
+        An MMEarth ConvNeXt V2 atto model.
+
+    Raises:
+        ValueError: if the weights are for another architecture, or contradict
+            ``in_chans`` or ``patch_size``.
+    """
+    return _build('mmearth_convnextv2_atto', weights, *args, **kwargs)
+
+
+def mmearth_convnextv2_atto_p16(
+    weights: WeightsArg = None, *args: Any, **kwargs: Any
+) -> MMEarthConvNeXtV2:
+    """MMEarth ConvNeXt V2 atto, patch size 16, optionally with pretrained weights.
+
+    The TorchGeo builder of the timm model of the same name.
+
+    If you use this model in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+
+    Args:
+        weights: as for :func:`mmearth_convnextv2_atto`.
+        *args: additional arguments to pass to :func:`timm.create_model`.
+        **kwargs: additional keyword arguments to pass to
+            :func:`timm.create_model`.
+
+    Returns:
+        An MMEarth ConvNeXt V2 atto model of patch size 16.
+
+    Raises:
+        ValueError: if the weights are for another architecture, or contradict
+            ``in_chans`` or ``patch_size``.
+    """
+    return _build('mmearth_convnextv2_atto_p16', weights, *args, **kwargs)
+
+
+def mmearth_convnextv2_tiny(
+    weights: WeightsArg = None, *args: Any, **kwargs: Any
+) -> MMEarthConvNeXtV2:
+    """MMEarth ConvNeXt V2 tiny, optionally with pretrained weights.
+
+    The TorchGeo builder of the timm model of the same name: patch size 8, or
+    that of the weights.
+
+    If you use this model in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+
+    Args:
+        weights: as for :func:`mmearth_convnextv2_atto`.
+        *args: additional arguments to pass to :func:`timm.create_model`.
+        **kwargs: additional keyword arguments to pass to
+            :func:`timm.create_model`.
+
+    Returns:
+        An MMEarth ConvNeXt V2 tiny model.
+
+    Raises:
+        ValueError: if the weights are for another architecture, or contradict
+            ``in_chans`` or ``patch_size``.
+    """
+    return _build('mmearth_convnextv2_tiny', weights, *args, **kwargs)
 
 
 def _register_with_torchgeo(api: ModuleType) -> None:
@@ -364,7 +619,11 @@ def _register_with_torchgeo(api: ModuleType) -> None:
     Args:
         api: ``torchgeo.models.api``.
     """
-    for name, builder in _torchgeo_builders().items():
-        api._model[name] = builder
-        api._model_weights[name] = MMEarthWeights
+    for builder in (
+        mmearth_convnextv2_atto,
+        mmearth_convnextv2_atto_p16,
+        mmearth_convnextv2_tiny,
+    ):
+        api._model[builder.__name__] = builder
+        api._model_weights[builder.__name__] = MMEarthWeights
         api._model_weights[builder] = MMEarthWeights

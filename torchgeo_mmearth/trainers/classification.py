@@ -1,21 +1,15 @@
 """TorchGeo's image classification with MMEarth's fine-tuning recipe."""
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import timm
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
-from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
 
-from .._compat import (
-    ClassificationTask,
-    extract_backbone,
-    load_state_dict,
-    task_arguments,
-)
+from .._compat import ClassificationTask, load_state_dict, task_arguments
+from ..models import weights_state_dict
 from .optim import configure_optimizers
 
 __all__ = [
@@ -140,26 +134,6 @@ def smoothed_loss(criterion: nn.Module, loss: str, smoothing: float) -> nn.Modul
             f"label_smoothing needs loss='ce' or loss='bce', got loss={loss!r}"
         )
     return SmoothedInTraining(smoothed, criterion)
-
-
-def weights_state_dict(weights: WeightsEnum | str) -> dict[str, Tensor]:
-    """The state dict of TorchGeo-style weights, resolved as TorchGeo's tasks do.
-
-    Args:
-        weights: a weights enum member, the path of a Lightning checkpoint whose
-            ``model.`` keys are the backbone, or the name of an enum member
-            (``'MMEarthWeights.S2_MP_MAE'``).
-
-    Returns:
-        The state dict.
-    """
-    if isinstance(weights, WeightsEnum):
-        state_dict: dict[str, Tensor] = weights.get_state_dict(progress=True)
-    elif os.path.exists(weights):
-        _, state_dict = extract_backbone(weights)
-    else:
-        state_dict = get_weight(weights).get_state_dict(progress=True)
-    return state_dict
 
 
 class FineTuningRecipe:

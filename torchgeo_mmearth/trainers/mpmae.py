@@ -87,7 +87,7 @@ class MPMAETask(BaseTask):
 
         Args:
             model: timm name of the encoder, e.g. ``mmearth_convnextv2_atto`` (the
-                ``_p8``/``_p16`` names fix the patch size).
+                ``_p16`` names fix the patch size at 16).
             in_channels: number of Sentinel-2 input bands.
             patch_size: masking patch size = encoder stride (8 for 56 px inputs,
                 16 for 112 px inputs).
