@@ -29,13 +29,10 @@ from tests.models.conftest import single_thread  # noqa: F401  (fixture)
 from tests.models.fake_s2_datamodule import FakeS2DataModule
 from torchgeo_mmearth._compat import TASKS_MODULE, BaseTask, ClassificationTask
 from torchgeo_mmearth.datamodules import GeoBenchDataModule
+from torchgeo_mmearth.losses import LabelSmoothingBCEWithLogitsLoss, SmoothedInTraining
 from torchgeo_mmearth.main import main
 from torchgeo_mmearth.models import MMEarthWeights
 from torchgeo_mmearth.trainers import MMEarthClassificationTask
-from torchgeo_mmearth.trainers.classification import (
-    LabelSmoothingBCEWithLogitsLoss,
-    SmoothedInTraining,
-)
 from torchgeo_mmearth.trainers.optim import WarmupCosineLR
 
 pytestmark = pytest.mark.usefixtures('single_thread')

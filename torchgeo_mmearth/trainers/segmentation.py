@@ -14,8 +14,8 @@ from torchvision.models._api import WeightsEnum
 from .._compat import SemanticSegmentationTask, task_arguments
 from ..models import MMEARTH_CONVNEXTV2_SIZES, MMEarthUNet, weights_state_dict
 from ..models.smp_encoder import mmearth_encoders
-from .classification import FineTuningRecipe
 from .optim import add_param_group
+from .recipe import FineTuningRecipe
 
 __all__ = ['MMEarthSemanticSegmentationTask', 'UnfreezeBackbone']
 
