@@ -3,7 +3,7 @@
 Both pickled formats this package reads hold NumPy values: the official MP-MAE
 checkpoints (loaded by PyTorch's ``weights_only`` unpickler, see
 :func:`~torchgeo_mmearth.models.load_checkpoint`) and the metadata of GEO-Bench
-sample files (see :func:`~torchgeo_mmearth.datasets.geobench.load_metadata`). One
+sample files (see :func:`~torchgeo_mmearth.datasets.geobench_metadata.load_metadata`). One
 allow-list serves both: numeric kinds only, so object arrays and scalars (which
 would rebuild arbitrary objects) stay refused.
 """

@@ -19,7 +19,8 @@ from torchgeo.datasets import DatasetNotFoundError
 
 from tests.conftest import load_data_script
 from torchgeo_mmearth.datasets import GeoBench
-from torchgeo_mmearth.datasets.geobench import BRICK_KILN_FILL, load_metadata
+from torchgeo_mmearth.datasets.geobench import BRICK_KILN_FILL
+from torchgeo_mmearth.datasets.geobench_metadata import load_metadata
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 from torchgeo_mmearth.models import MMEarthWeights
 from torchgeo_mmearth.transforms import SO2SAT_FILL

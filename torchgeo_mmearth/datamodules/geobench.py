@@ -10,7 +10,7 @@ from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
 
 from ..datasets import GeoBench
-from ..datasets.geobench import resolve_task
+from ..datasets.geobench_tasks import resolve_task
 from ..modalities import canonical_band_name
 
 __all__ = ['GeoBenchDataModule']

@@ -48,7 +48,7 @@ the six tasks):
   the default ones).
 * ``task_specs.pkl``: a pickled ``TaskSpecifications``. It is **not read**: it
   needs the ``geobench`` package and unpickling it would run code from the file.
-  What it holds is taken from :data:`TASKS` and from the sample files.
+  What it holds is taken from :data:`~torchgeo_mmearth.datasets.geobench_tasks.TASKS` and from the sample files.
 
 How bands are chosen. Channels are matched by Sentinel-2 band, never by
 position, so B8 and B8A land where the chosen weights expect them (the reference
@@ -68,18 +68,13 @@ B9: the default ``fill`` substitutes neighbouring bands (:data:`BRICK_KILN_FILL`
 :data:`~torchgeo_mmearth.transforms.SO2SAT_FILL`).
 """
 
-import ast
-import datetime
-import io
 import json
 import os
 import pickle
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import h5py
 import matplotlib.pyplot as plt
@@ -88,16 +83,17 @@ import torch
 from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 
-from .._pickle import NUMPY_GLOBALS
 from ..modalities import (
     GEOBENCH_SENTINEL2_NAMES,
     SENTINEL2_INPUT_BANDS,
     canonical_band_name,
 )
 from ..transforms import SO2SAT_FILL, remap_bands
+from .geobench_metadata import load_metadata
+from .geobench_tasks import TASKS, GeoBenchTask, resolve_task
 from .utils import percentile_stretch
 
-__all__ = ['BRICK_KILN_FILL', 'TASKS', 'GeoBench', 'GeoBenchTask', 'resolve_task']
+__all__ = ['BRICK_KILN_FILL', 'GeoBench']
 
 Sample = dict[str, Any]
 
@@ -130,347 +126,10 @@ _FLOAT32 = h5py.h5t.py_create(np.dtype(np.float32))
 _INT64 = h5py.h5t.py_create(np.dtype(np.int64))
 
 
-@dataclass(frozen=True)
-class GeoBenchTask:
-    """What :class:`GeoBench` needs to know about one task.
-
-    Attributes:
-        name: the task name, e.g. ``'m-eurosat'``.
-        benchmark: ``'classification_v1.0'`` or ``'segmentation_v1.0'``.
-        folders: task folder names, tried in order.
-        task_type: ``'multiclass'``, ``'multilabel'`` or ``'segmentation'``.
-        num_classes: number of classes.
-        size: native image side in pixels.
-        class_names: class names, in label order.
-        reflectance: whether pixels are reflectances (digital numbers / 10 000).
-    """
-
-    name: str
-    benchmark: str
-    folders: tuple[str, ...]
-    task_type: str
-    num_classes: int
-    size: int
-    class_names: tuple[str, ...]
-    reflectance: bool = False
-
-
-_BIGEARTHNET_CLASSES = (
-    'Continuous urban fabric',
-    'Discontinuous urban fabric',
-    'Industrial or commercial units',
-    'Road and rail networks and associated land',
-    'Port areas',
-    'Airports',
-    'Mineral extraction sites',
-    'Dump sites',
-    'Construction sites',
-    'Green urban areas',
-    'Sport and leisure facilities',
-    'Non-irrigated arable land',
-    'Permanently irrigated land',
-    'Rice fields',
-    'Vineyards',
-    'Fruit trees and berry plantations',
-    'Olive groves',
-    'Pastures',
-    'Annual crops associated with permanent crops',
-    'Complex cultivation patterns',
-    (
-        'Land principally occupied by agriculture, with significant areas of '
-        'natural vegetation'
-    ),
-    'Agro-forestry areas',
-    'Broad-leaved forest',
-    'Coniferous forest',
-    'Mixed forest',
-    'Natural grassland',
-    'Moors and heathland',
-    'Sclerophyllous vegetation',
-    'Transitional woodland/shrub',
-    'Beaches, dunes, sands',
-    'Bare rock',
-    'Sparsely vegetated areas',
-    'Burnt areas',
-    'Inland marshes',
-    'Peatbogs',
-    'Salt marshes',
-    'Salines',
-    'Intertidal flats',
-    'Water courses',
-    'Water bodies',
-    'Coastal lagoons',
-    'Estuaries',
-    'Sea and ocean',
-)
-_SO2SAT_CLASSES = (
-    'Compact high rise',
-    'Compact mid rise',
-    'Compact low rise',
-    'Open high rise',
-    'Open mid rise',
-    'Open low rise',
-    'Lightweight low rise',
-    'Large low rise',
-    'Sparsely built',
-    'Heavy industry',
-    'Dense trees',
-    'Scattered trees',
-    'Bush, scrub',
-    'Low plants',
-    'Bare rock or paved',
-    'Bare soil or sand',
-    'Water',
-)
-_EUROSAT_CLASSES = (
-    'Annual Crop',
-    'Forest',
-    'Herbaceous Vegetation',
-    'Highway',
-    'Industrial Buildings',
-    'Pasture',
-    'Permanent Crop',
-    'Residential Buildings',
-    'River',
-    'Sea & Lake',
-)
-
-#: The six GEO-Bench v1.0 tasks MMEarth reports. Class names are those of the
-#: converters (TorchGeo's EuroSAT, So2Sat and BigEarthNet-43 lists, and the lists
-#: of GEO-Bench's brick-kiln, Benin cashew and South Africa crop-type converters).
-TASKS: Mapping[str, GeoBenchTask] = {
-    task.name: task
-    for task in (
-        GeoBenchTask(
-            'm-bigearthnet',
-            'classification_v1.0',
-            ('m-bigearthnet',),
-            'multilabel',
-            43,
-            120,
-            _BIGEARTHNET_CLASSES,
-        ),
-        GeoBenchTask(
-            'm-so2sat',
-            'classification_v1.0',
-            ('m-so2sat',),
-            'multiclass',
-            17,
-            32,
-            _SO2SAT_CLASSES,
-            reflectance=True,
-        ),
-        GeoBenchTask(
-            'm-eurosat',
-            'classification_v1.0',
-            ('m-eurosat',),
-            'multiclass',
-            10,
-            64,
-            _EUROSAT_CLASSES,
-        ),
-        GeoBenchTask(
-            'm-brick-kiln',
-            'classification_v1.0',
-            ('m-brick-kiln',),
-            'multiclass',
-            2,
-            64,
-            ('not brick kiln', 'brick kiln'),
-        ),
-        GeoBenchTask(
-            'm-cashew-plantation',
-            'segmentation_v1.0',
-            ('m-cashew-plant', 'm-cashew-plantation'),
-            'segmentation',
-            7,
-            256,
-            (
-                'no data',
-                'well-managed plantation',
-                'poorly-managed plantation',
-                'non-plantation',
-                'residential',
-                'background',
-                'uncertain',
-            ),
-        ),
-        GeoBenchTask(
-            'm-SA-crop-type',
-            'segmentation_v1.0',
-            ('m-SA-crop-type',),
-            'segmentation',
-            10,
-            256,
-            (
-                'No Data',
-                'Lucerne/Medics',
-                'Planted pastures (perennial)',
-                'Fallow',
-                'Wine grapes',
-                'Weeds',
-                'Small grain grazing',
-                'Wheat',
-                'Canola',
-                'Rooibos',
-            ),
-        ),
-    )
-}
-# Other spellings of task names in use (MMEarth-train calls it m-cashew-plant).
-_ALIASES = {'m-cashew-plant': 'm-cashew-plantation'}
-
-
-def resolve_task(task: str) -> GeoBenchTask:
-    """The description of a task, by name.
-
-    Args:
-        task: a key of :data:`TASKS`, or ``'m-cashew-plant'`` (MMEarth-train's and
-            GEO-Bench v1.0's folder name of m-cashew-plantation).
-
-    Returns:
-        The task.
-
-    Raises:
-        ValueError: for an unknown task, listing the valid ones.
-    """
-    name = _ALIASES.get(task, task)
-    if name not in TASKS:
-        raise ValueError(
-            f'Unknown task {task!r}; valid tasks are {list(TASKS)} (the GEO-Bench '
-            'v1.0 tasks reported by MMEarth)'
-        )
-    return TASKS[name]
-
-
 _DEFAULT_FILL: Mapping[str, Mapping[str, str]] = {
     'm-so2sat': SO2SAT_FILL,
     'm-brick-kiln': BRICK_KILN_FILL,
 }
-
-# ---------------------------------------------------------------------------------
-# Restricted unpickling of the per-sample metadata.
-
-
-class GeoBenchMetadata:
-    """Inert stand-in for an object pickled in GEO-Bench metadata.
-
-    GEO-Bench classes (``Sentinel2``, ``SegmentationClasses``, ...) and the
-    ``affine``/``rasterio`` georeferencing objects are rebuilt as instances of
-    subclasses of this class: their pickled state lands in ``__dict__`` (or in
-    ``state`` when it is not a dict) and their constructor arguments in ``args``.
-    No code from the file runs.
-    """
-
-    #: ``'<module>.<name>'`` the object was pickled as.
-    pickled_as: ClassVar[str] = ''
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        """Create an empty stand-in.
-
-        Args:
-            *args: constructor arguments in the pickle.
-            **kwargs: keyword constructor arguments in the pickle.
-
-        Returns:
-            The stand-in.
-        """
-        instance = super().__new__(cls)
-        instance.__dict__['args'] = args
-        return instance
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Accept any constructor arguments (they are kept in ``args``).
-
-        Args:
-            *args: constructor arguments.
-            **kwargs: keyword constructor arguments.
-        """
-
-    def __setstate__(self, state: Any) -> None:
-        """Keep the pickled state.
-
-        Args:
-            state: a dict of attributes, a ``(dict, slots)`` pair or anything else.
-        """
-        if isinstance(state, tuple) and len(state) == 2:
-            for part in state:
-                if isinstance(part, dict):
-                    self.__dict__.update(part)
-        elif isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__['state'] = state
-
-
-_STAND_INS: dict[str, type[GeoBenchMetadata]] = {}
-_GEOBENCH_MODULE = re.compile(r'(geobench|ccb)(\.io)?(\.(dataset|label|task))?')
-_GEOREFERENCING = {'affine.Affine', 'rasterio.crs.CRS'}
-_SAFE = {
-    ('datetime', 'date'): datetime.date,
-    ('datetime', 'datetime'): datetime.datetime,
-    ('datetime', 'time'): datetime.time,
-    ('datetime', 'timedelta'): datetime.timedelta,
-    ('datetime', 'timezone'): datetime.timezone,
-    ('collections', 'OrderedDict'): OrderedDict,
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Rebuilds plain data, NumPy arrays, dates and inert stand-ins; nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        qualified = f'{module}.{name}'
-        if qualified in NUMPY_GLOBALS:
-            return NUMPY_GLOBALS[qualified]
-        if key in _SAFE:
-            return _SAFE[key]
-        if _GEOBENCH_MODULE.fullmatch(module) or qualified in _GEOREFERENCING:
-            if qualified not in _STAND_INS:
-                _STAND_INS[qualified] = type(
-                    name, (GeoBenchMetadata,), {'pickled_as': qualified}
-                )
-            return _STAND_INS[qualified]
-        raise pickle.UnpicklingError(
-            f'refusing to unpickle {qualified}, which is not part of the GEO-Bench '
-            'sample format'
-        )
-
-
-def load_metadata(attribute: str | bytes) -> Any:
-    """Decode the ``pickle`` attribute of a GEO-Bench sample file safely.
-
-    Args:
-        attribute: the attribute as h5py returns it: the ``str()`` of the pickled
-            bytes (or the bytes).
-
-    Returns:
-        The metadata dictionary, with GEO-Bench objects as
-        :class:`GeoBenchMetadata` stand-ins.
-
-    Raises:
-        pickle.UnpicklingError: if the pickle refers to anything outside the
-            GEO-Bench sample format (it would run code) or is malformed.
-    """
-    if isinstance(attribute, bytes):
-        attribute = attribute.decode()
-    try:
-        data = ast.literal_eval(attribute)
-    except (ValueError, SyntaxError) as error:
-        raise pickle.UnpicklingError(
-            f'the pickle attribute is not a bytes literal ({error})'
-        ) from None
-    if not isinstance(data, bytes):
-        raise pickle.UnpicklingError(
-            f'the pickle attribute holds a {type(data).__name__}, not bytes'
-        )
-    try:
-        return _MetadataUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError:
-        raise
-    except Exception as error:  # truncated or malformed streams raise anything
-        raise pickle.UnpicklingError(f'malformed pickle ({error!r})') from error
 
 
 def _base_name(key: str) -> str:
