@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from torchgeo_mmearth.datamodules import MMEarthDataModule
-from torchgeo_mmearth.datamodules.utils import PackedDataLoader, pack_collate
+from torchgeo_mmearth.datamodules.loaders import PackedDataLoader, pack_collate
 from torchgeo_mmearth.modalities import MODALITIES
 
 PIXEL_KEYS = [m.key for m in MODALITIES.values() if m.level == 'pixel']

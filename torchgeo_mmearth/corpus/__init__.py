@@ -27,7 +27,7 @@ from .locations import (
     locations_from_sampler,
     resolve_locations,
 )
-from .rasterdataset import TorchGeoSource
+from .torchgeo_source import TorchGeoSource
 from .sources import (
     ERA5_VARIABLES,
     SOURCE_BANDS,

@@ -64,7 +64,7 @@ from .era5 import (
 from .geotiff import GeoTiffSource
 from .grid import TileGrid, anchor_lattice
 from .locations import Location, resolve_locations
-from .rasterdataset import TorchGeoSource
+from .torchgeo_source import TorchGeoSource
 from .sources import SOURCE_BANDS, Acquisition, ModalitySource, fill_band, read_mosaic
 from .writer import CorpusWriter, Drop, TileRecord, corpus_folder
 

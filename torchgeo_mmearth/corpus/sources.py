@@ -9,7 +9,7 @@ implement it:
 
 * :class:`~torchgeo_mmearth.corpus.geotiff.GeoTiffSource`: GeoTIFF files or
   folders, read with rasterio and warped onto the tile grid;
-* :class:`~torchgeo_mmearth.corpus.rasterdataset.TorchGeoSource`: a TorchGeo
+* :class:`~torchgeo_mmearth.corpus.torchgeo_source.TorchGeoSource`: a TorchGeo
   :class:`~torchgeo.datasets.RasterDataset`, queried with
   ``dataset[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax]``.
 

@@ -11,7 +11,7 @@ from torchgeo.datamodules import NonGeoDataModule
 
 from ..datasets import MMEarth
 from ..transforms import MMEarthNormalize
-from .utils import PackedDataLoader
+from .loaders import PackedDataLoader
 
 __all__ = ['MMEarthDataModule']
 
@@ -25,7 +25,7 @@ class MMEarthDataModule(NonGeoDataModule):
     DataLoader workers return the raw stored values (uint16 Sentinel-2, uint8 class
     codes, ...), so they move as few bytes as possible, and send each batch to the
     main process as one shared buffer
-    (:class:`~torchgeo_mmearth.datamodules.utils.PackedDataLoader`; the batches are
+    (:class:`~torchgeo_mmearth.datamodules.loaders.PackedDataLoader`; the batches are
     the usual dictionaries of tensors). After the batch reaches the device,
     ``on_after_batch_transfer`` runs, all with Kornia-compatible modules:
 
@@ -153,7 +153,7 @@ class MMEarthDataModule(NonGeoDataModule):
         """TorchGeo's loader factory, with packed batches and pinned memory.
 
         The loader is a
-        :class:`~torchgeo_mmearth.datamodules.utils.PackedDataLoader`: with
+        :class:`~torchgeo_mmearth.datamodules.loaders.PackedDataLoader`: with
         workers, each batch crosses to the main process as one buffer.
 
         Args:

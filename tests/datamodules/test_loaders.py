@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from torchgeo_mmearth.datamodules import utils
-from torchgeo_mmearth.datamodules.utils import (
+from torchgeo_mmearth.datamodules.loaders import (
     PackedBatch,
     PackedDataLoader,
     pack_collate,
