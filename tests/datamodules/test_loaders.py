@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torch.utils.data._utils.pin_memory import pin_memory
 
-from torchgeo_mmearth.datamodules import utils
+from torchgeo_mmearth.datamodules import loaders as loaders_module
 from torchgeo_mmearth.datamodules.loaders import (
     PackedBatch,
     PackedDataLoader,
@@ -96,7 +96,7 @@ class TestPackCollate:
     def test_tensors_share_one_aligned_buffer(self) -> None:
         packed = pack_collate([sample(i) for i in range(3)])
         batch = packed.unpack()
-        packed_keys = [k for k, v in packed.entries if isinstance(v, utils._Slot)]
+        packed_keys = [k for k, v in packed.entries if isinstance(v, loaders_module._Slot)]
         assert packed_keys == [
             'image_sentinel2',
             'image_canopy_height_eth',
@@ -118,7 +118,7 @@ class TestPackCollate:
     def test_shared_memory_in_workers(self, monkeypatch: pytest.MonkeyPatch) -> None:
         samples = [sample(i) for i in range(2)]
         assert not pack_collate(samples).buffer.is_shared()
-        monkeypatch.setattr(utils, 'get_worker_info', lambda: object())
+        monkeypatch.setattr(loaders_module, 'get_worker_info', lambda: object())
         packed = pack_collate(samples)
         assert packed.buffer.is_shared()
         assert same(packed.unpack(), default_collate(samples))

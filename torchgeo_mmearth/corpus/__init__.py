@@ -27,7 +27,6 @@ from .locations import (
     locations_from_sampler,
     resolve_locations,
 )
-from .torchgeo_source import TorchGeoSource
 from .sources import (
     ERA5_VARIABLES,
     SOURCE_BANDS,
@@ -37,6 +36,7 @@ from .sources import (
     Scene,
     orbit_from_time,
 )
+from .torchgeo_source import TorchGeoSource
 from .writer import CorpusWriter
 
 __all__ = (

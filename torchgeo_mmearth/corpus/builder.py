@@ -64,8 +64,8 @@ from .era5 import (
 from .geotiff import GeoTiffSource
 from .grid import TileGrid, anchor_lattice
 from .locations import Location, resolve_locations
-from .torchgeo_source import TorchGeoSource
 from .sources import SOURCE_BANDS, Acquisition, ModalitySource, fill_band, read_mosaic
+from .torchgeo_source import TorchGeoSource
 from .writer import CorpusWriter, Drop, TileRecord, corpus_folder
 
 _logger = logging.getLogger(__name__)

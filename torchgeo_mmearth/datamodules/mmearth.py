@@ -138,7 +138,8 @@ class MMEarthDataModule(NonGeoDataModule):
             raise ValueError(
                 f'input_size {size} exceeds the {tile_size} px tiles of {dataset.h5_path}'
             )
-        self.normalizer = dataset.normalizer
+        # The normalisation runs here, on the device, after the raw batch moved.
+        self.normalizer = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
         train: list[K.GeometricAugmentationBase2D] = []
         evaluation: list[K.GeometricAugmentationBase2D] = []
         if size is not None and size != tile_size:

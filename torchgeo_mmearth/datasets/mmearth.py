@@ -1,5 +1,6 @@
 """MMEarth dataset: a fast, faithful reader of the published MMEarth HDF5 corpora."""
 
+import functools
 import json
 import operator
 import os
@@ -25,6 +26,7 @@ from ..modalities import (
     S2_TYPES,
     Kind,
     Level,
+    band_statistics,
     resolve_modality_bands,
 )
 from ..transforms import MMEarthNormalize
@@ -166,7 +168,9 @@ class MMEarth(NonGeoDataset):
     with the L1C or L2A statistics of its tile) and class codes are class indices.
     With ``normalize=False`` the raw stored dtypes are returned (uint16
     Sentinel-2, int8 canopy height, ...), so that DataLoader workers move as few
-    bytes as possible; :attr:`normalizer` then does the same work on the device, as
+    bytes as possible; :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` built
+    from :attr:`band_stats` and :attr:`modality_bands` (:attr:`normalizer`) then
+    does the same work on the device, as
     :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule` does. Image-level
     classes are always returned as indices.
 
@@ -259,7 +263,12 @@ class MMEarth(NonGeoDataset):
         self._inspect_file()
         self.indices = self._load_split()
         self.band_stats = self._load_json(self.stats_path)
-        self.normalizer = MMEarthNormalize(self.band_stats, self.modality_bands)
+        try:
+            for name in self.modality_bands:
+                for stats_key in MODALITIES[name].stats_keys:
+                    band_statistics(self.band_stats, stats_key, name)
+        except ValueError as error:
+            raise ValueError(f'{self.stats_path}: {error}') from None
         # Per modality: name, sample key, one-hot flag, channel selection.
         self._plan = tuple(
             (
@@ -335,6 +344,14 @@ class MMEarth(NonGeoDataset):
         if self.transforms is not None:
             samples = [self.transforms(sample) for sample in samples]
         return samples
+
+    @functools.cached_property
+    def normalizer(self) -> MMEarthNormalize:
+        """The normalisation of ``normalize=True``, to apply elsewhere (on a device).
+
+        Built on first use from :attr:`band_stats` and :attr:`modality_bands`.
+        """
+        return MMEarthNormalize(self.band_stats, self.modality_bands)
 
     def close(self) -> None:
         """Close this process's HDF5 handle; the next read reopens it."""
