@@ -134,13 +134,36 @@ def check_tasks(tasks: Sequence[PretextTask]) -> tuple[PretextTask, ...]:
     return tasks
 
 
-def default_pretext_tasks() -> tuple[PretextTask, ...]:
-    """The 12 pretext tasks of the MP-MAE "all modalities" models.
+def default_pretext_tasks(
+    modalities: Sequence[str] | None = None, sentinel2_channels: int | None = None
+) -> tuple[PretextTask, ...]:
+    """The pretext tasks of MP-MAE, by default the 12 of the "all modalities" models.
+
+    Args:
+        modalities: the target modalities, in task order; None for every modality
+            of :data:`~torchgeo_mmearth.modalities.PRETEXT_MODALITIES`, in its order
+            (the order that indexes the uncertainty weights of the released
+            checkpoints).
+        sentinel2_channels: channels of the sentinel2 reconstruction task (the
+            encoder's input bands, 3 for the RGB models); None for the 12 MP-MAE
+            input bands.
 
     Returns:
-        One task per modality of
-        :data:`~torchgeo_mmearth.modalities.PRETEXT_MODALITIES`, in its order (the
-        order that indexes the uncertainty weights of the released checkpoints),
-        with the MP-MAE bands.
+        One task per modality, with the MP-MAE bands.
+
+    Raises:
+        ValueError: for a modality that is not a pretext target.
     """
-    return tuple(PretextTask.from_modality(name) for name in PRETEXT_MODALITIES)
+    names = list(PRETEXT_MODALITIES) if modalities is None else list(modalities)
+    unknown = [name for name in names if name not in PRETEXT_MODALITIES]
+    if unknown:
+        raise ValueError(
+            f'Unknown target modality {unknown[0]!r}; valid targets are '
+            f'{list(PRETEXT_MODALITIES)}'
+        )
+    return tuple(
+        PretextTask('sentinel2', Level.PIXEL, Kind.CONTINUOUS, sentinel2_channels)
+        if name == 'sentinel2' and sentinel2_channels is not None
+        else PretextTask.from_modality(name)
+        for name in names
+    )

@@ -153,6 +153,26 @@ class MPMAE(nn.Module):
             self.tasks, patch_size, aggregation=aggregation, norm_pix_loss=norm_pix_loss
         )
 
+    @property
+    def norm_pix_loss(self) -> frozenset[str]:
+        """Tasks whose pixel targets, and so predictions, are normalised per patch."""
+        return self.criterion.norm_pix_loss
+
+    def task_log_variances(self) -> dict[str, Tensor]:
+        """The learned log-variances of the uncertainty weighting, by task name.
+
+        Returns:
+            Detached scalars, one per task; empty when the tasks are summed
+            unweighted.
+        """
+        weighting = self.criterion.weighting
+        if weighting is None:
+            return {}
+        log_vars = weighting.log_vars.detach()
+        return {
+            task.name: value for task, value in zip(self.tasks, log_vars, strict=True)
+        }
+
     def forward(
         self,
         batch: Mapping[str, Any],

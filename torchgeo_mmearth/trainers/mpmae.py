@@ -18,7 +18,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from .._compat import BaseTask
-from ..modalities import PRETEXT_MODALITIES, Kind, Level, PretextTask
+from ..modalities import default_pretext_tasks
 from ..models import MPMAE, MPMAEOutput
 from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine
@@ -127,12 +127,7 @@ class MPMAETask(BaseTask):
             raise ValueError(
                 f'input_size {input_size} must be a multiple of patch_size {patch_size}'
             )
-        unknown = [m for m in target_modalities or () if m not in PRETEXT_MODALITIES]
-        if unknown:
-            raise ValueError(
-                f'Unknown target modality {unknown[0]!r}; valid targets are '
-                f'{list(PRETEXT_MODALITIES)}'
-            )
+        default_pretext_tasks(target_modalities or None)  # a clear error, early
         super().__init__()
 
     def configure_models(self) -> None:
@@ -144,15 +139,10 @@ class MPMAETask(BaseTask):
             patch_size=hparams['patch_size'],
             num_classes=0,
         )
-        targets = hparams['target_modalities'] or list(PRETEXT_MODALITIES)
-        tasks = [
-            PretextTask(
-                'sentinel2', Level.PIXEL, Kind.CONTINUOUS, hparams['in_channels']
-            )
-            if name == 'sentinel2'
-            else PretextTask.from_modality(name)
-            for name in targets
-        ]
+        tasks = default_pretext_tasks(
+            hparams['target_modalities'] or None,
+            sentinel2_channels=hparams['in_channels'],
+        )
         self.mpmae = MPMAE(
             encoder,
             patch_size=hparams['patch_size'],
@@ -215,11 +205,8 @@ class MPMAETask(BaseTask):
         self._log_step('train', output, batch_size)
         self._add_to_epoch_loss('train', output.loss, batch_size)
         self.log('train_feature_std', _feature_std(output), batch_size=batch_size)
-        weighting = self.mpmae.criterion.weighting
-        if weighting is not None:
-            log_vars = weighting.log_vars.detach()
-            for task, value in zip(self.mpmae.tasks, log_vars, strict=True):
-                self.log(f'train_log_var_{task.name}', value, batch_size=batch_size)
+        for name, value in self.mpmae.task_log_variances().items():
+            self.log(f'train_log_var_{name}', value, batch_size=batch_size)
         lr = self.trainer.optimizers[0].param_groups[0]['lr']
         self.log('lr', lr, batch_size=batch_size)
         every = self.hparams['plot_every_n_steps']
@@ -427,7 +414,7 @@ class MPMAETask(BaseTask):
             output,
             self.mpmae.tasks,
             self.hparams['patch_size'],
-            self.mpmae.criterion.norm_pix_loss,
+            self.mpmae.norm_pix_loss,
         )
         tile = 'validation tile' if stage == 'val' else 'training batch'
         row = (
