@@ -44,6 +44,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy --strict --always-$$($(BIN)/python -c \
 	  'import importlib.util as u; print("true" if u.find_spec("torchgeo.tasks") else "false")') \
 	  TORCHGEO_TASKS torchgeo_mmearth
