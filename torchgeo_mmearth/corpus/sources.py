@@ -37,7 +37,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform as transform_coords
 from rasterio.warp import transform_bounds
 
-from ..modalities import MODALITIES, Kind
+from ..modalities import MODALITIES, Kind, canonical_band_name
 from .grid import WGS84, TileGrid
 
 __all__ = [
@@ -224,11 +224,10 @@ def normalize_band(modality: str, band: str) -> str:
     """
     text = band.strip()
     if modality == 'sentinel2':
-        match = re.fullmatch(r'[Bb]0*(\d{1,2})([Aa]?)', text)
-        if match:
-            text = f'B{int(match.group(1))}{match.group(2).upper()}'
-        else:
-            text = text.upper()
+        try:
+            text = canonical_band_name(text)
+        except ValueError:
+            text = text.upper()  # QA60, SCL, MSK_CLDPRB
     elif modality == 'sentinel1':
         match = re.fullmatch(r'(?:(asc|desc)_)?([vVhH]{2})', text, re.IGNORECASE)
         if match:

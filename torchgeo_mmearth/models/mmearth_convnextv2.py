@@ -720,9 +720,10 @@ def _create(
             patch_size=patch_size,
             **kwargs,
         )
-    if model.pretrained_cfg.get('state_dict') is not None:
+    cfg = cast(dict[str, Any], getattr(model, 'pretrained_cfg', None) or {})
+    if cfg.get('state_dict') is not None:
         # Weights handed over through the configuration: no second copy of them.
-        cast(dict[str, Any], model.pretrained_cfg)['state_dict'] = None
+        cfg['state_dict'] = None
     return model
 
 

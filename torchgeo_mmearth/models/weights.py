@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import timm
 import torch
@@ -383,14 +383,14 @@ def _resolve(weights: WeightsArg) -> WeightsArg:
 
         foreign: WeightsEnum = get_weight(weights)
         return foreign
-    try:
-        member: MMEarthWeights = MMEarthWeights[match['member']]
-    except KeyError:
+    member = MMEarthWeights.__members__.get(match['member'])
+    if member is None:
         raise ValueError(
             f'{weights!r} is not a valid WeightsEnum member; MMEarthWeights has '
-            f'{[member.name for member in MMEarthWeights]}'
-        ) from None
-    return member
+            f'{list(MMEarthWeights.__members__)}'
+        )
+    resolved: MMEarthWeights = member
+    return resolved
 
 
 def weights_state_dict(
@@ -457,9 +457,7 @@ def _weights_architecture(weights: WeightsEnum) -> tuple[str, int, int]:
     return match[1], patch_size, int(meta['in_chans'])
 
 
-def _build(
-    name: str, weights: WeightsArg, *args: Any, **kwargs: Any
-) -> MMEarthConvNeXtV2:
+def _build(name: str, weights: WeightsArg, **kwargs: Any) -> MMEarthConvNeXtV2:
     """Build the timm model *name*, with TorchGeo-style weights loaded into it.
 
     The model takes the weights' input bands and patch size; an ``in_chans`` or
@@ -468,8 +466,7 @@ def _build(
     """
     weights = _resolve(weights)
     if weights is None:
-        model: MMEarthConvNeXtV2 = timm.create_model(name, *args, **kwargs)
-        return model
+        return cast(MMEarthConvNeXtV2, timm.create_model(name, **kwargs))
     if kwargs.get('pretrained'):
         raise ValueError(
             f'{name}: pass either pretrained=True (the timm pretrained tag) or '
@@ -477,6 +474,8 @@ def _build(
         )
     size, fixed_patch_size = _MODEL_NAME.fullmatch(name).groups()  # type: ignore[union-attr]
     bands: Sequence[str] = ()
+    w_patch: Any
+    w_in_chans: Any
     if isinstance(weights, WeightsEnum):
         w_size, w_patch, w_in_chans = _weights_architecture(weights)
         what = f'{weights!r}'
@@ -521,15 +520,15 @@ def _build(
         # into the model before it wraps it.
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
         kwargs['pretrained_cfg_overlay'] = {**overlay, 'state_dict': state_dict}
-        model = timm.create_model(name, *args, pretrained=True, **kwargs)
-        return model
-    model = timm.create_model(name, *args, **kwargs)
+        kwargs['pretrained'] = True
+        return cast(MMEarthConvNeXtV2, timm.create_model(name, **kwargs))
+    model = cast(MMEarthConvNeXtV2, timm.create_model(name, **kwargs))
     model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=False)
     return model
 
 
 def mmearth_convnextv2_atto(
-    weights: WeightsArg = None, *args: Any, **kwargs: Any
+    weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, optionally with pretrained weights.
 
@@ -544,7 +543,6 @@ def mmearth_convnextv2_atto(
         weights: an :class:`MMEarthWeights` member, its name
             (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint
             in a format of :func:`~torchgeo_mmearth.models.checkpoint_filter_fn`.
-        *args: additional arguments to pass to :func:`timm.create_model`.
         **kwargs: additional keyword arguments to pass to
             :func:`timm.create_model`.
 
@@ -555,11 +553,11 @@ def mmearth_convnextv2_atto(
         ValueError: if the weights are for another architecture, or contradict
             ``in_chans`` or ``patch_size``.
     """
-    return _build('mmearth_convnextv2_atto', weights, *args, **kwargs)
+    return _build('mmearth_convnextv2_atto', weights, **kwargs)
 
 
 def mmearth_convnextv2_atto_p16(
-    weights: WeightsArg = None, *args: Any, **kwargs: Any
+    weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 atto, patch size 16, optionally with pretrained weights.
 
@@ -571,7 +569,6 @@ def mmearth_convnextv2_atto_p16(
 
     Args:
         weights: as for :func:`mmearth_convnextv2_atto`.
-        *args: additional arguments to pass to :func:`timm.create_model`.
         **kwargs: additional keyword arguments to pass to
             :func:`timm.create_model`.
 
@@ -582,11 +579,11 @@ def mmearth_convnextv2_atto_p16(
         ValueError: if the weights are for another architecture, or contradict
             ``in_chans`` or ``patch_size``.
     """
-    return _build('mmearth_convnextv2_atto_p16', weights, *args, **kwargs)
+    return _build('mmearth_convnextv2_atto_p16', weights, **kwargs)
 
 
 def mmearth_convnextv2_tiny(
-    weights: WeightsArg = None, *args: Any, **kwargs: Any
+    weights: WeightsArg = None, **kwargs: Any
 ) -> MMEarthConvNeXtV2:
     """MMEarth ConvNeXt V2 tiny, optionally with pretrained weights.
 
@@ -599,7 +596,6 @@ def mmearth_convnextv2_tiny(
 
     Args:
         weights: as for :func:`mmearth_convnextv2_atto`.
-        *args: additional arguments to pass to :func:`timm.create_model`.
         **kwargs: additional keyword arguments to pass to
             :func:`timm.create_model`.
 
@@ -610,7 +606,7 @@ def mmearth_convnextv2_tiny(
         ValueError: if the weights are for another architecture, or contradict
             ``in_chans`` or ``patch_size``.
     """
-    return _build('mmearth_convnextv2_tiny', weights, *args, **kwargs)
+    return _build('mmearth_convnextv2_tiny', weights, **kwargs)
 
 
 def _register_with_torchgeo(api: ModuleType) -> None:
