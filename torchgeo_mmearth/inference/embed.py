@@ -380,6 +380,7 @@ def _read_chips(
     grid: EmbeddingGrid,
     chips: Sequence[_Chip],
     size: int,
+    footprints: Sequence[tuple[float, float, float, float]],
 ) -> tuple[np.ndarray, list[str | None]]:
     """Raw chips (B, C, size, size) in source band order, NaN no-data; levels."""
     selected = {a.key for a in acquisitions}
@@ -389,6 +390,10 @@ def _read_chips(
         tile = TileGrid(
             grid.crs, grid.transform * Affine.translation(chip.col, chip.row), size
         )
+        if not any(_overlaps(tile.bounds, box) for box in footprints):
+            # Cheaper than asking the source: most chips of a sparse mosaic.
+            levels.append(None)
+            continue
         found = [a for a in source.overlapping(tile) if a.key in selected]
         levels.append(found[0].level if found else None)
         for band, array in read_mosaic(source, found, tile).items():
@@ -461,10 +466,11 @@ def embed(
         bounds_crs: CRS of *bounds*; None for the CRS of the rasters.
         time_range: (start, stop) dates (ISO strings or datetimes, either None)
             of the acquisitions to embed, inclusive.
-        chip_size: side of a chip in input pixels (default: the pretraining
-            input size of the weights, else 8 patches).
-        margin: overlap kept from each side of a chip (default: a quarter of
-            the chip, rounded down to whole patches).
+        chip_size: side of a chip in input pixels, a multiple of the patch
+            size P (default: 32 P, 256 px for P = 8).
+        margin: pixels dropped from each side of a chip's output, a multiple of
+            P; neighbouring chips overlap by twice this (default: an eighth of
+            the chip, 32 px for P = 8).
         min_valid: fraction of valid input pixels an output pixel needs.
         batch_size: chips per forward pass.
         device: where to run the encoder.
@@ -497,8 +503,11 @@ def embed(
     )
     encoder.model.to(device)
     p = encoder.patch_size
-    size = chip_size or encoder.input_size or 8 * p
-    margin = margin if margin is not None else (size // 4) // p * p
+    # Wider than the pretraining input: the receptive field of the last stage
+    # spans hundreds of pixels, and a wide margin keeps chip borders out of the
+    # kept centres (docs: the seam test in tests/inference).
+    size = chip_size or 32 * p
+    margin = margin if margin is not None else (size // 8) // p * p
     _check_geometry(size, margin, p)
     source = sentinel2_source(inputs, bands, level)
     transforms = encoder.transforms(source.bands).to(device)
@@ -506,6 +515,9 @@ def embed(
     acquisitions = _select(source, time_range)
     grid = area_grid(acquisitions, p, bounds, bounds_crs)
     chips = _chips(grid, size, margin)
+    footprints = [
+        _in_crs(f, a.crs, grid.crs) for a in acquisitions for f in a.footprints
+    ]
     batches = [chips[i : i + batch_size] for i in range(0, len(chips), batch_size)]
     options = {
         'bands': bands,
@@ -560,7 +572,9 @@ def embed(
     try:
         for number in range(workspace.done, len(batches)):
             batch = batches[number]
-            arrays, levels = _read_chips(source, acquisitions, grid, batch, size)
+            arrays, levels = _read_chips(
+                source, acquisitions, grid, batch, size, footprints
+            )
             valid = np.isfinite(arrays[:, used]).all(axis=1)
             fraction = valid.reshape(len(batch), cells, p, cells, p).mean(axis=(2, 4))
             keep = fraction >= min_valid
