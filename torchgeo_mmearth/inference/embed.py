@@ -16,13 +16,14 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -40,6 +41,8 @@ from .. import __version__
 from .._atomic import atomic_path
 from ..corpus import Acquisition, ModalitySource, TileGrid, as_source
 from ..corpus.sources import read_mosaic
+from ..modalities import S2_TYPES
+from ..models import BandRemap, MMEarthS2Normalize
 from .encoder import SceneEncoder, load_encoder
 
 __all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']
@@ -76,7 +79,9 @@ def sentinel2_source(
         ValueError: if the band names or processing level cannot be told.
     """
     if isinstance(inputs, ModalitySource) or hasattr(inputs, 'index'):
-        options = {} if isinstance(inputs, ModalitySource) else {'level': level}
+        options: dict[str, Any] = {}
+        if not isinstance(inputs, ModalitySource):
+            options['level'] = level
         if bands is not None and not isinstance(inputs, ModalitySource):
             options['bands'] = bands
         return as_source(inputs, 'sentinel2', **options)
@@ -95,8 +100,6 @@ def sentinel2_source(
 
 def _described_bands(paths: Sequence[str | os.PathLike[str]]) -> list[str] | None:
     """Band descriptions of the first multi-band raster, if it has some."""
-    import re
-
     pattern = re.compile(_FILENAME_REGEX)
     for root in paths:
         root = Path(root)
@@ -292,7 +295,7 @@ def _chips(grid: EmbeddingGrid, size: int, margin: int) -> list[_Chip]:
     p = grid.patch_size
     core = (size - 2 * margin) // p  # output cells kept per chip and axis
     height, width = grid.out_shape
-    chips = []
+    chips: list[_Chip] = []
     for i in range(math.ceil(height / core)):
         for j in range(math.ceil(width / core)):
             chips.append(
@@ -349,7 +352,7 @@ class _Workspace:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self.fingerprint = fingerprint
-        mode = 'r+' if self.done else 'w+'
+        mode: Literal['r+', 'w+'] = 'r+' if self.done else 'w+'
         self.features = np.memmap(
             folder / 'features.f32', np.float32, mode, shape=shape
         )
@@ -511,7 +514,9 @@ def embed(
     _check_geometry(size, margin, p)
     source = sentinel2_source(inputs, bands, level)
     transforms = encoder.transforms(source.bands).to(device)
-    used = [source.bands.index(b) for b in transforms[0].bands]
+    remap, normalize = transforms
+    assert isinstance(remap, BandRemap) and isinstance(normalize, MMEarthS2Normalize)
+    used = [source.bands.index(b) for b in remap.bands]
     acquisitions = _select(source, time_range)
     grid = area_grid(acquisitions, p, bounds, bounds_crs)
     chips = _chips(grid, size, margin)
@@ -538,13 +543,13 @@ def embed(
         'model': encoder.model_name,
         'patch_size': p,
         'model_bands': list(encoder.bands),
-        'source_bands': list(transforms[0].bands),
+        'source_bands': list(remap.bands),
         'normalisation': {
             level_: {
-                'mean': transforms[1].mean[i].tolist(),
-                'std': transforms[1].std[i].tolist(),
+                'mean': normalize.mean[i].tolist(),
+                'std': normalize.std[i].tolist(),
             }
-            for i, level_ in enumerate(('l1c', 'l2a'))
+            for i, level_ in enumerate(S2_TYPES)
         },
         'weights_meta': encoder.provenance,
         'options': json.loads(json.dumps(options, default=str)),
