@@ -301,3 +301,34 @@ def test_bf16_runs(weights_p8: Path, tmp_path: Path) -> None:
     )
     array = read(tmp_path / 'b.tif')[0]
     assert array.dtype == np.float32 and np.isfinite(array).all()
+
+
+def test_pca_and_int8(weights_p8: Path, tmp_path: Path) -> None:
+    stack = write_stack(
+        tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif', (slice(40, 80), slice(0, 48))
+    )
+    options = {'chip_size': 120, 'margin': 0, 'progress': False}
+    embed(stack, weights_p8, tmp_path / 'full.tif', **options)
+    embed(stack, weights_p8, tmp_path / 'pca.tif', pca=3, **options)
+    embed(stack, weights_p8, tmp_path / 'q.tif', pca=3, int8=True, **options)
+    full, _ = read(tmp_path / 'full.tif')
+    pca, info = read(tmp_path / 'pca.tif')
+    assert pca.shape == (3, 15, 15) and info['layout'] == 'COG'
+    assert info['descriptions'] == ('pca_0000', 'pca_0001', 'pca_0002')
+    ratio = json.loads(info['tags']['TORCHGEO_MMEARTH'])['pca']
+    assert ratio['components'] == 3
+    assert 0 < sum(ratio['explained_variance_ratio']) <= 1
+    # The no-data block stays no-data; the components are centred, ordered.
+    assert np.isnan(pca[:, 5:10, :6]).all() and np.isfinite(pca[:, :5]).all()
+    valid = np.isfinite(full[0])
+    np.testing.assert_allclose(pca[:, valid].mean(axis=1), 0, atol=1e-3)
+    variances = pca[:, valid].var(axis=1)
+    assert variances[0] >= variances[1] >= variances[2]
+    with rasterio.open(tmp_path / 'q.tif') as src:
+        q, scales, offsets = src.read(), src.scales, src.offsets
+        assert src.dtypes[0] == 'int8' and src.nodata == -128
+    assert (q[:, 5:10, :6] == -128).all() and (q[:, valid] > -128).all()
+    restored = np.array(offsets)[:, None] + np.array(scales)[:, None] * q[:, valid]
+    np.testing.assert_allclose(restored, pca[:, valid], atol=max(scales) / 2 + 1e-6)
+    with pytest.raises(ValueError, match=r'pca must be in \[1, 320\]'):
+        embed(stack, weights_p8, tmp_path / 'x.tif', pca=321, **options)

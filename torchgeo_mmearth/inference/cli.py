@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--batch-size', type=int, default=16, help='chips per batch')
     run.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ...')
     run.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
+    run.add_argument(
+        '--pca', type=int, metavar='K', help='write K principal components only'
+    )
+    run.add_argument(
+        '--int8', action='store_true', help='int8 raster with a scale/offset per band'
+    )
     run.add_argument('--overwrite', action='store_true', help='replace outputs')
     run.add_argument('--restart', action='store_true', help='ignore an interrupted run')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -145,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             bf16=args.bf16,
+            pca=args.pca,
+            int8=args.int8,
             resume=not args.restart,
             overwrite=args.overwrite,
             progress=not args.no_progress,

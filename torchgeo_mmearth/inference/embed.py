@@ -437,14 +437,16 @@ def embed(
     batch_size: int = 16,
     device: str | torch.device = 'cpu',
     bf16: bool = False,
+    pca: int | None = None,
+    int8: bool = False,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> EmbeddingResult:
     """Embed Sentinel-2 rasters with an MMEarth encoder.
 
-    Writes a Cloud-Optimized GeoTIFF with one float32 band per feature at the
-    encoder's output stride (one output pixel per ``P x P`` input pixels, its
+    Writes a Cloud-Optimized GeoTIFF with one float32 band per feature (or
+    *pca* components, optionally *int8*-quantised) at the encoder's output stride (one output pixel per ``P x P`` input pixels, its
     centre on the centre of the window it summarises; NaN is no-data), and a
     GeoParquet with one row per chip centre: its footprint, the date and scenes
     it was read from, the weights, the fraction of valid output pixels and the
@@ -478,6 +480,11 @@ def embed(
         batch_size: chips per forward pass.
         device: where to run the encoder.
         bf16: run the encoder in bfloat16 autocast (for GPUs).
+        pca: write this many principal components of the features instead of
+            all of them (fitted on the area's valid pixels, their explained
+            variance in the tags); the GeoParquet keeps every feature.
+        int8: quantise the raster to int8 with a GDAL scale and offset per band
+            (value = offset + scale * q; -128 is no-data).
         resume: continue an interrupted run of the same inputs and options.
         overwrite: replace existing outputs.
         progress: show a progress bar.
@@ -535,6 +542,8 @@ def embed(
         'min_valid': min_valid,
         'batch_size': batch_size,
         'bf16': bf16,
+        'pca': pca,
+        'int8': int8,
     }
     provenance = {
         'package': 'torchgeo-mmearth',
@@ -556,6 +565,11 @@ def embed(
         'inputs': source.describe(),
     }
     features = encoder.num_features
+    if pca is not None and not 1 <= pca <= features:
+        raise ValueError(
+            f'pca must be in [1, {features}] (the features of {encoder.model_name}), '
+            f'got {pca}'
+        )
     height, width = grid.out_shape
     work_root = outputs[0]
     workspace = _Workspace(
@@ -602,7 +616,7 @@ def embed(
         source.close()
     empty = int((np.asarray(workspace.valid) == 0).sum())
     if raster is not None:
-        _write_cog(Path(raster), workspace, grid, provenance)
+        _write_cog(Path(raster), workspace, grid, provenance, pca, int8)
     if parquet is not None:
         _write_parquet(
             Path(parquet), workspace, grid, chips, source, acquisitions, provenance
@@ -663,44 +677,129 @@ def _store(
         workspace.pooled[chip.index] = core[:, mask].mean(axis=1)
 
 
+_BLOCK = 256
+
+
+def _blocks(height: int) -> list[tuple[int, int]]:
+    """(first row, number of rows) of the row blocks of a raster."""
+    return [(row, min(_BLOCK, height - row)) for row in range(0, height, _BLOCK)]
+
+
+def _pca(
+    features: np.ndarray, components: int
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Mean, (components, D) axes and explained variance ratios of valid pixels.
+
+    Fitted on at most 65 536 valid pixels drawn with a fixed seed, so that a run
+    and its resumption write the same file.
+    """
+    count, height, width = features.shape
+    if not 1 <= components <= count:
+        raise ValueError(
+            f'pca must be in [1, {count}] (the features), got {components}'
+        )
+    valid = np.concatenate(
+        [
+            np.flatnonzero(np.isfinite(features[0, row : row + rows]).ravel())
+            + row * width
+            for row, rows in _blocks(height)
+        ]
+    )
+    if len(valid) == 0:
+        raise ValueError('the area has no valid embedding to fit the PCA on')
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(valid, min(len(valid), 65536), replace=False))
+    sample = np.asarray(features.reshape(count, -1)[:, chosen], np.float64).T
+    mean = sample.mean(axis=0)
+    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    variance = singular**2
+    ratio = (variance[:components] / variance.sum()).tolist()
+    return mean, axes[:components], ratio
+
+
 def _write_cog(
-    path: Path, workspace: _Workspace, grid: EmbeddingGrid, provenance: dict[str, Any]
+    path: Path,
+    workspace: _Workspace,
+    grid: EmbeddingGrid,
+    provenance: dict[str, Any],
+    pca: int | None,
+    int8: bool,
 ) -> None:
-    """Write the feature array as a COG, through a tiled GeoTIFF, block by block."""
+    """Write the features (or their PCA) as a COG, through a tiled GeoTIFF."""
     features, height, width = workspace.features.shape
+    tags = dict(provenance)
+    project = None
+    if pca is not None:
+        mean, axes, ratio = _pca(workspace.features, pca)
+        tags['pca'] = {'components': pca, 'explained_variance_ratio': ratio}
+
+        def project(block: np.ndarray) -> np.ndarray:
+            flat = block.reshape(features, -1).T.astype(np.float64)
+            out = ((flat - mean) @ axes.T).T.astype(np.float32)
+            return out.reshape(len(axes), *block.shape[1:])
+
+    def values(row: int, rows: int) -> np.ndarray:
+        block = np.asarray(workspace.features[:, row : row + rows])
+        return project(block) if project is not None else block
+
+    count = pca or features
+    scales, offsets = [1.0] * count, [0.0] * count
+    if int8:
+        # Per band: value = offset + scale * q, q in [-127, 127]; -128 is no-data.
+        low = np.full(count, np.inf)
+        high = np.full(count, -np.inf)
+        for row, rows in _blocks(height):
+            block = values(row, rows)
+            if np.isfinite(block).any():
+                low = np.fmin(low, np.nanmin(block, axis=(1, 2)))
+                high = np.fmax(high, np.nanmax(block, axis=(1, 2)))
+        low = np.where(np.isfinite(low), low, 0.0)
+        high = np.where(np.isfinite(high), high, 0.0)
+        scales = (np.maximum(high - low, 1e-12) / 254).tolist()
+        offsets = ((high + low) / 2).tolist()
+        tags['int8'] = (
+            'value = offset + scale * q per band (GDAL scale/offset); -128 no-data'
+        )
     profile = {
         'driver': 'GTiff',
-        'dtype': 'float32',
-        'count': features,
+        'dtype': 'int8' if int8 else 'float32',
+        'count': count,
         'height': height,
         'width': width,
         'crs': grid.crs,
         'transform': grid.out_transform,
-        'nodata': float('nan'),
+        'nodata': -128 if int8 else float('nan'),
         'tiled': True,
-        'blockxsize': 256,
-        'blockysize': 256,
+        'blockxsize': _BLOCK,
+        'blockysize': _BLOCK,
         'BIGTIFF': 'IF_SAFER',
     }
+    name = 'pca' if pca is not None else 'embedding'
     staged = workspace.folder / 'features.tif'
     with rasterio.open(staged, 'w', **profile) as dst:
-        dst.update_tags(TORCHGEO_MMEARTH=json.dumps(provenance, sort_keys=True))
-        dst.descriptions = tuple(f'embedding_{i:04d}' for i in range(features))
-        for row in range(0, height, 256):
-            rows = min(256, height - row)
-            dst.write(
-                np.asarray(workspace.features[:, row : row + rows]),
-                window=Window(0, row, width, rows),
-            )
+        dst.update_tags(TORCHGEO_MMEARTH=json.dumps(tags, sort_keys=True))
+        dst.descriptions = tuple(f'{name}_{i:04d}' for i in range(count))
+        if int8:
+            dst.scales, dst.offsets = tuple(scales), tuple(offsets)
+        for row, rows in _blocks(height):
+            block = values(row, rows)
+            if int8:
+                scale = np.array(scales, np.float64)[:, None, None]
+                offset = np.array(offsets, np.float64)[:, None, None]
+                q = np.rint((block - offset) / scale)
+                block = np.where(np.isfinite(block), np.clip(q, -127, 127), -128)
+                block = block.astype(np.int8)
+            dst.write(block, window=Window(0, row, width, rows))
+    predictor = 'STANDARD' if int8 else 'FLOATING_POINT'
     with atomic_path(path) as temporary:
         rasterio.shutil.copy(
             staged,
             temporary,
             driver='COG',
             COMPRESS='DEFLATE',
-            PREDICTOR='FLOATING_POINT',
-            BLOCKSIZE=256,
-            OVERVIEW_RESAMPLING='AVERAGE',
+            PREDICTOR=predictor,
+            BLOCKSIZE=_BLOCK,
+            OVERVIEW_RESAMPLING='NEAREST' if int8 else 'AVERAGE',
             BIGTIFF='IF_SAFER',
         )
 
