@@ -735,7 +735,7 @@ def _write_cog(
 
         def project(block: np.ndarray) -> np.ndarray:
             flat = block.reshape(features, -1).T.astype(np.float64)
-            out = ((flat - mean) @ axes.T).T.astype(np.float32)
+            out: np.ndarray = ((flat - mean) @ axes.T).T.astype(np.float32)
             return out.reshape(len(axes), *block.shape[1:])
 
     def values(row: int, rows: int) -> np.ndarray:
