@@ -6,6 +6,7 @@ import rasterio
 import timm
 import torch
 from rasterio.enums import Resampling
+from torchgeo.datasets import RasterDataset
 
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 
@@ -86,3 +87,12 @@ def write_stack(
         dst.write(stack)
         dst.descriptions = order
     return path
+
+
+class Stack(RasterDataset):
+    """The files of :func:`write_stack` as a TorchGeo raster dataset."""
+
+    filename_glob = '*_stack.tif'
+    filename_regex = r'^S2A_MSIL2A_(?P<date>\d{8}T\d{6})_stack'
+    date_format = '%Y%m%dT%H%M%S'
+    all_bands = BIGEARTHNET_BANDS

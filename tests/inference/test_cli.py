@@ -7,7 +7,7 @@ import rasterio
 
 from torchgeo_mmearth.main import main
 
-from .conftest import PATCH
+from .conftest import PATCH, write_stack
 
 
 def test_embed(
@@ -44,6 +44,34 @@ def test_embed(
     assert main(args) == 1
     assert 'overwrite' in capsys.readouterr().err
     assert main([*args, '--overwrite']) == 0
+
+
+def test_dataset_class_path(
+    weights_p8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_stack(tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif')
+    args = ['embed', str(tmp_path), '--weights', str(weights_p8), '--no-progress']
+    out = tmp_path / 'out.tif'
+    dataset = ['--dataset', 'tests.inference.conftest.Stack', '--level', 'l2a']
+    assert (
+        main(
+            [
+                *args,
+                '--raster',
+                str(out),
+                *dataset,
+                '--chip-size',
+                '120',
+                '--margin',
+                '0',
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(out) as src:
+        assert src.count == 320 and src.shape == (15, 15)
+    assert main([*args, '--raster', str(out), '--dataset', 'no.such.Class']) == 1
+    assert 'not an importable class' in capsys.readouterr().err
 
 
 def test_errors(

@@ -131,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     inputs: Any = args.inputs
     bands = args.bands
-    if args.dataset:
-        inputs, bands = _dataset(args.dataset, args.inputs, args.bands), None
     time_range = (args.start, args.end) if args.start or args.end else None
     try:
+        if args.dataset:
+            inputs, bands = _dataset(args.dataset, args.inputs, args.bands), None
         result = embed(
             inputs,
             args.weights,
