@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from torch import Tensor, nn
 
@@ -189,8 +190,8 @@ def test_bands_matched_by_name(weights_p8: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-def test_torchgeo_raster_dataset(weights_p8: Path, tmp_path: Path) -> None:
-    """A TorchGeo RasterDataset gives what its files give."""
+def test_torchgeo_raster_dataset_and_vrt(weights_p8: Path, tmp_path: Path) -> None:
+    """A TorchGeo RasterDataset and a VRT give what their file gives."""
     stack = write_stack(tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif')
     options = {'chip_size': 120, 'margin': 0, 'progress': False}
     embed(stack, weights_p8, tmp_path / 'file.tif', **options)
@@ -203,9 +204,15 @@ def test_torchgeo_raster_dataset(weights_p8: Path, tmp_path: Path) -> None:
         level='l2a',
         **options,
     )
+    # And so does a VRT of the file.
+    vrt = tmp_path / 'vrt' / 'S2A_MSIL2A_20170613T101031_stack.vrt'
+    vrt.parent.mkdir()
+    rasterio.shutil.copy(stack, vrt, driver='VRT')
+    embed(vrt, weights_p8, tmp_path / 'vrt.tif', **options)
     array, info = read(tmp_path / 'ds.tif')
     assert info['transform'] == reference()[1] * Affine.scale(8)
     np.testing.assert_array_equal(array, read(tmp_path / 'file.tif')[0])
+    np.testing.assert_array_equal(array, read(tmp_path / 'vrt.tif')[0])
     frame = gpd.read_parquet(tmp_path / 'ds.parquet')
     assert (frame['date'] == np.datetime64('2017-06-13T10:10:31')).all()
 
