@@ -90,3 +90,20 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert '--weights' in out and 'GeoParquet' in out
+
+
+def test_interrupted_run_says_how_to_continue(
+    weights_p8: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr('torchgeo_mmearth.inference.embedding.embed', interrupted)
+    args = ['embed', str(PATCH), '--weights', str(weights_p8), '--raster', 'a.tif']
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert 'finished batches are kept' in err
+    assert f'To continue: torchgeo-mmearth embed {PATCH}' in err

@@ -8,7 +8,13 @@ runs it. See ``docs/tutorials/embed_scene.md``. If you use the MMEarth weights,
 please cite https://arxiv.org/abs/2405.02771.
 """
 
-from .embed import EmbeddingGrid, EmbeddingResult, area_grid, embed, sentinel2_source
+from .embedding import (
+    EmbeddingGrid,
+    EmbeddingResult,
+    area_grid,
+    embed,
+    sentinel2_source,
+)
 from .encoder import SceneEncoder, load_encoder
 
 __all__ = (

@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print('error: give --raster, --parquet or both', file=sys.stderr)
         return 2
     # Heavy imports (torch, rasterio, timm) only once the arguments are valid.
-    from .embed import embed
+    from .embedding import embed
 
     inputs: Any = args.inputs
     bands = args.bands

@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import rasterio.shutil
+import rasterio.warp
 from affine import Affine
 from torch import Tensor, nn
 
-from torchgeo_mmearth.inference import embed, load_encoder, sentinel2_source
+from torchgeo_mmearth.inference import area_grid, embed, load_encoder, sentinel2_source
 
 from .conftest import BIGEARTHNET_BANDS, MOSAIC, PATCH, Stack, write_stack
 
@@ -359,3 +360,25 @@ def test_pca_and_int8(weights_p8: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(restored, pca[:, valid], atol=max(scales) / 2 + 1e-6)
     with pytest.raises(ValueError, match=r'pca must be in \[1, 320\]'):
         embed(stack, weights_p8, tmp_path / 'x.tif', pca=321, **options)
+
+
+def test_area_in_another_crs() -> None:
+    """Bounds in degrees are warped to the rasters' CRS and snapped outward."""
+    source = sentinel2_source(PATCH)
+    west, south, east, north = rasterio.warp.transform_bounds(
+        'EPSG:32633', 'EPSG:4326', *INNER
+    )
+    grid = area_grid(source.acquisitions, 8, (west, south, east, north), 'EPSG:4326')
+    crs, transform = reference()
+    assert grid.crs == crs
+    left, top = grid.transform.c, grid.transform.f
+    right = left + 10 * grid.width
+    bottom = top - 10 * grid.height
+    # On the 10 m lattice of the input, covering the area, by less than a pixel
+    # more than the warped box's own growth.
+    assert (left - transform.c) % 10 == 0 and (transform.f - top) % 10 == 0
+    assert left <= INNER[0] and bottom <= INNER[1]
+    assert right >= INNER[2] and top >= INNER[3]
+    assert grid.width < 72 + 10 and grid.height < 72 + 10
+    with pytest.raises(ValueError, match='do not overlap'):
+        area_grid(source.acquisitions, 8, (0, 0, 1, 1), 'EPSG:4326')
