@@ -229,6 +229,11 @@ def test_missing_bands_are_named(weights_p8: Path, tmp_path: Path) -> None:
         embed(path, weights_p8, tmp_path / 'x.tif', bands=['B2', 'B3', 'B4'])
     with pytest.raises(ValueError, match='without descriptions: pass bands'):
         sentinel2_source(path)
+    undated = tmp_path / 'undated' / 'L2A_rgb.tif'
+    undated.parent.mkdir()
+    undated.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match='put the date in the file name'):
+        sentinel2_source(undated, bands=['B2', 'B3', 'B4'])
 
 
 def test_mosaic_in_one_crs(weights_p16: Path, tmp_path: Path) -> None:

@@ -78,24 +78,33 @@ def sentinel2_source(
         FileNotFoundError: if no raster is found.
         ValueError: if the band names or processing level cannot be told.
     """
-    if isinstance(inputs, ModalitySource) or hasattr(inputs, 'index'):
-        options: dict[str, Any] = {}
-        if not isinstance(inputs, ModalitySource):
-            options['level'] = level
-        if bands is not None and not isinstance(inputs, ModalitySource):
+    if isinstance(inputs, ModalitySource):
+        return as_source(inputs, 'sentinel2')
+    if hasattr(inputs, 'index'):  # a TorchGeo RasterDataset
+        options: dict[str, Any] = {'level': level}
+        if bands is not None:
             options['bands'] = bands
         return as_source(inputs, 'sentinel2', **options)
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if bands is None:
         bands = _described_bands(paths)
-    return as_source(
-        [Path(p) for p in paths],
-        'sentinel2',
-        filename_glob='*',
-        filename_regex=_FILENAME_REGEX,
-        bands=bands,
-        level=level,
-    )
+    try:
+        return as_source(
+            [Path(p) for p in paths],
+            'sentinel2',
+            filename_glob='*',
+            filename_regex=_FILENAME_REGEX,
+            bands=bands,
+            level=level,
+        )
+    except ValueError as error:
+        if 'no acquisition date' not in str(error):
+            raise
+        raise ValueError(
+            f'{error}; put the date in the file name (YYYYMMDD or '
+            'YYYYMMDDTHHMMSS, e.g. S2_20170613_scene.tif), or pass a TorchGeo '
+            'RasterDataset'
+        ) from error
 
 
 def _described_bands(paths: Sequence[str | os.PathLike[str]]) -> list[str] | None:
