@@ -455,17 +455,22 @@ def embed(
     """Embed Sentinel-2 rasters with an MMEarth encoder.
 
     Writes a Cloud-Optimized GeoTIFF with one float32 band per feature (or
-    *pca* components, optionally *int8*-quantised) at the encoder's output stride (one output pixel per ``P x P`` input pixels, its
-    centre on the centre of the window it summarises; NaN is no-data), and a
-    GeoParquet with one row per chip centre: its footprint, the date and scenes
-    it was read from, the weights, the fraction of valid output pixels and the
-    mean of its valid embeddings. Both carry the provenance (weights, bands,
+    *pca* components, optionally *int8*-quantised) at the encoder's output
+    stride (one output pixel per ``P x P`` input pixels, its centre on the
+    centre of the window it summarises; NaN is no-data), and a GeoParquet
+    with one row per chip centre: its footprint, the date and scenes it was
+    read from, the weights, the fraction of valid output pixels and the mean of
+    its valid embeddings. Both carry the provenance (weights, bands,
     band statistics, options, package version) in their metadata
     (``TORCHGEO_MMEARTH`` tag, ``torchgeo_mmearth`` Parquet key).
 
     An output pixel whose input window has less than *min_valid* valid pixels
     (every band present, not no-data) is no-data; chips without any valid output
     pixel are not encoded and have no row.
+
+    If you use the MMEarth weights, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
 
     Args:
         inputs: see :func:`sentinel2_source`.
