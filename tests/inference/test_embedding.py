@@ -4,6 +4,7 @@ Georeference, chips, seams, no-data, mosaics and resume of
 :func:`torchgeo_mmearth.inference.embed`.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -91,6 +92,11 @@ class TestOutputs:
         assert tags['source_bands'] == tags['model_bands']
         assert len(tags['normalisation']['l2a']['mean']) == 12
         assert tags['version'] and tags['weights_meta']['corpus'] == 'MMEarth64'
+        digest = hashlib.sha256(weights_p8.read_bytes()).hexdigest()
+        assert tags['weights_sha256'] == digest
+        (scene,) = tags['inputs']['scenes']
+        assert scene['name'] == PATCH.name and scene['level'] == 'l2a'
+        assert scene['bands']['B8A'][0] == str(PATCH / f'{PATCH.name}_B8A.tif')
 
     def test_parquet(self, outputs: tuple[Path, Path], weights_p8: Path) -> None:
         frame = gpd.read_parquet(outputs[1])

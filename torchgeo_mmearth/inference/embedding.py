@@ -559,10 +559,12 @@ def embed(
         'pca': pca,
         'int8': int8,
     }
+    fingerprint = _fingerprint(source, encoder, options)
     provenance = {
         'package': 'torchgeo-mmearth',
         'version': __version__,
         'weights': encoder.weights,
+        'weights_sha256': fingerprint['weights_sha256'],
         'model': encoder.model_name,
         'patch_size': p,
         'model_bands': list(encoder.bands),
@@ -576,7 +578,9 @@ def embed(
         },
         'weights_meta': encoder.provenance,
         'options': json.loads(json.dumps(options, default=str)),
-        'inputs': source.describe(),
+        # The scenes and their files (paths, sizes), for the GeoParquet's
+        # 'scenes' column.
+        'inputs': fingerprint['source'],
     }
     features = encoder.num_features
     if pca is not None and not 1 <= pca <= features:
@@ -588,7 +592,7 @@ def embed(
     work_root = outputs[0]
     workspace = _Workspace(
         work_root.with_name(f'.{work_root.name}.partial'),
-        _fingerprint(source, encoder, options),
+        fingerprint,
         (features, height, width),
         len(chips),
         resume,
