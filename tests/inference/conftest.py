@@ -8,6 +8,7 @@ import torch
 from rasterio.enums import Resampling
 from torchgeo.datasets import RasterDataset
 
+from torchgeo_mmearth.inference import SceneEncoder, load_encoder
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 
 #: Real BigEarthNet Sentinel-2 patches (see tests/data/bigearthnet/README.md).
@@ -58,6 +59,12 @@ def weights_p8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope='session')
 def weights_p16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_file(tmp_path_factory.mktemp('weights') / 'atto_p16.pth', 16)
+
+
+@pytest.fixture(scope='session')
+def encoder_p8(weights_p8: Path) -> SceneEncoder:
+    """The encoder of weights_p8, built once."""
+    return load_encoder(weights_p8)
 
 
 def write_stack(

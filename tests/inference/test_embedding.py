@@ -18,7 +18,13 @@ import rasterio.warp
 from affine import Affine
 from torch import Tensor, nn
 
-from torchgeo_mmearth.inference import area_grid, embed, load_encoder, sentinel2_source
+from torchgeo_mmearth.inference import (
+    SceneEncoder,
+    area_grid,
+    embed,
+    load_encoder,
+    sentinel2_source,
+)
 
 from .conftest import BIGEARTHNET_BANDS, MOSAIC, PATCH, Stack, write_stack
 
@@ -127,7 +133,7 @@ class TestOutputs:
 
 
 def test_stitched_equals_whole_pass_away_from_seams(
-    weights_p8: Path, tmp_path: Path
+    encoder_p8: SceneEncoder, tmp_path: Path
 ) -> None:
     """Chips keeping their centres match one pass over the whole area.
 
@@ -139,7 +145,7 @@ def test_stitched_equals_whole_pass_away_from_seams(
         path = tmp_path / f'{name}.tif'
         embed(
             PATCH,
-            weights_p8,
+            encoder_p8,
             path,
             bounds=INNER,
             chip_size=chip_size,
@@ -164,12 +170,12 @@ def test_stitched_equals_whole_pass_away_from_seams(
     assert borders.mean() < 1.5 * centres.mean()
 
 
-def test_nodata_pixels_and_band_order(weights_p8: Path, tmp_path: Path) -> None:
+def test_nodata_pixels_and_band_order(encoder_p8: SceneEncoder, tmp_path: Path) -> None:
     """A multi-band file in BigEarthNet's order with a no-data block."""
     stack = write_stack(
         tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif', (slice(40, 80), slice(0, 48))
     )
-    embed(stack, weights_p8, tmp_path / 'stack.tif', chip_size=56, progress=False)
+    embed(stack, encoder_p8, tmp_path / 'stack.tif', chip_size=56, progress=False)
     array, info = read(tmp_path / 'stack.tif')
     crs, transform = reference()
     assert info['crs'] == crs and info['transform'] == transform * Affine.scale(8)
@@ -179,7 +185,7 @@ def test_nodata_pixels_and_band_order(weights_p8: Path, tmp_path: Path) -> None:
     assert np.isfinite(array[:, :, 6:]).all()
 
 
-def test_bands_matched_by_name(weights_p8: Path, tmp_path: Path) -> None:
+def test_bands_matched_by_name(encoder_p8: SceneEncoder, tmp_path: Path) -> None:
     """B8 before B8A (BigEarthNet) or after (MMEarth): the same embeddings."""
     date = 'S2A_MSIL2A_20170613T101031'
     outputs = []
@@ -187,7 +193,7 @@ def test_bands_matched_by_name(weights_p8: Path, tmp_path: Path) -> None:
         stack = write_stack(tmp_path / f'{date}_{name}.tif', order=order)
         embed(
             stack,
-            weights_p8,
+            encoder_p8,
             tmp_path / f'{name}.tif',
             chip_size=120,
             margin=0,
@@ -197,15 +203,17 @@ def test_bands_matched_by_name(weights_p8: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-def test_torchgeo_raster_dataset_and_vrt(weights_p8: Path, tmp_path: Path) -> None:
+def test_torchgeo_raster_dataset_and_vrt(
+    encoder_p8: SceneEncoder, tmp_path: Path
+) -> None:
     """A TorchGeo RasterDataset and a VRT give what their file gives."""
     stack = write_stack(tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif')
     options = {'chip_size': 120, 'margin': 0, 'progress': False}
-    embed(stack, weights_p8, tmp_path / 'file.tif', **options)
+    embed(stack, encoder_p8, tmp_path / 'file.tif', **options)
     dataset = Stack(paths=[str(tmp_path)])
     embed(
         dataset,
-        weights_p8,
+        encoder_p8,
         tmp_path / 'ds.tif',
         tmp_path / 'ds.parquet',
         level='l2a',
@@ -215,7 +223,7 @@ def test_torchgeo_raster_dataset_and_vrt(weights_p8: Path, tmp_path: Path) -> No
     vrt = tmp_path / 'vrt' / 'S2A_MSIL2A_20170613T101031_stack.vrt'
     vrt.parent.mkdir()
     rasterio.shutil.copy(stack, vrt, driver='VRT')
-    embed(vrt, weights_p8, tmp_path / 'vrt.tif', **options)
+    embed(vrt, encoder_p8, tmp_path / 'vrt.tif', **options)
     array, info = read(tmp_path / 'ds.tif')
     assert info['transform'] == reference()[1] * Affine.scale(8)
     np.testing.assert_array_equal(array, read(tmp_path / 'file.tif')[0])
@@ -304,7 +312,13 @@ class Interrupting(nn.Module):
 
 
 def test_resume_yields_the_identical_files(weights_p8: Path, tmp_path: Path) -> None:
-    options = {'chip_size': 56, 'margin': 8, 'batch_size': 2, 'progress': False}
+    options = {
+        'bounds': INNER,
+        'chip_size': 40,
+        'margin': 8,
+        'batch_size': 2,
+        'progress': False,
+    }
     embed(PATCH, weights_p8, tmp_path / 'a.tif', tmp_path / 'a.parquet', **options)
     encoder = load_encoder(weights_p8)
     original = encoder.model
@@ -325,31 +339,31 @@ def test_resume_yields_the_identical_files(weights_p8: Path, tmp_path: Path) -> 
     assert not (tmp_path / '.b.tif.partial').exists()
 
 
-def test_refuses_to_overwrite(weights_p8: Path, tmp_path: Path) -> None:
+def test_refuses_to_overwrite(encoder_p8: SceneEncoder, tmp_path: Path) -> None:
     (tmp_path / 'x.tif').write_bytes(b'')
     with pytest.raises(FileExistsError, match='overwrite=True'):
-        embed(PATCH, weights_p8, tmp_path / 'x.tif')
+        embed(PATCH, encoder_p8, tmp_path / 'x.tif')
     with pytest.raises(ValueError, match='nothing to write'):
-        embed(PATCH, weights_p8)
+        embed(PATCH, encoder_p8)
     with pytest.raises(ValueError, match='multiples of the patch size 8'):
-        embed(PATCH, weights_p8, tmp_path / 'y.tif', chip_size=60)
+        embed(PATCH, encoder_p8, tmp_path / 'y.tif', chip_size=60)
 
 
-def test_bf16_runs(weights_p8: Path, tmp_path: Path) -> None:
+def test_bf16_runs(encoder_p8: SceneEncoder, tmp_path: Path) -> None:
     embed(
-        PATCH, weights_p8, tmp_path / 'b.tif', bf16=True, chip_size=56, progress=False
+        PATCH, encoder_p8, tmp_path / 'b.tif', bf16=True, chip_size=56, progress=False
     )
     array = read(tmp_path / 'b.tif')[0]
     assert array.dtype == np.float32 and np.isfinite(array).all()
 
 
-def test_pca_and_int8(weights_p8: Path, tmp_path: Path) -> None:
+def test_pca_and_int8(encoder_p8: SceneEncoder, tmp_path: Path) -> None:
     stack = write_stack(
         tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif', (slice(40, 80), slice(0, 48))
     )
     options = {'chip_size': 120, 'margin': 0, 'progress': False}
-    embed(stack, weights_p8, tmp_path / 'pca.tif', pca=3, **options)
-    embed(stack, weights_p8, tmp_path / 'q.tif', pca=3, int8=True, **options)
+    embed(stack, encoder_p8, tmp_path / 'pca.tif', pca=3, **options)
+    embed(stack, encoder_p8, tmp_path / 'q.tif', pca=3, int8=True, **options)
     pca, info = read(tmp_path / 'pca.tif')
     assert pca.shape == (3, 15, 15) and info['layout'] == 'COG'
     assert info['descriptions'] == ('pca_0000', 'pca_0001', 'pca_0002')
@@ -370,7 +384,7 @@ def test_pca_and_int8(weights_p8: Path, tmp_path: Path) -> None:
     restored = np.array(offsets)[:, None] + np.array(scales)[:, None] * q[:, valid]
     np.testing.assert_allclose(restored, pca[:, valid], atol=max(scales) / 2 + 1e-6)
     with pytest.raises(ValueError, match=r'pca must be in \[1, 320\]'):
-        embed(stack, weights_p8, tmp_path / 'x.tif', pca=321, **options)
+        embed(stack, encoder_p8, tmp_path / 'x.tif', pca=321, **options)
 
 
 def test_area_in_another_crs() -> None:

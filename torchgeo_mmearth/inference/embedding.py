@@ -778,6 +778,9 @@ def _write_cog(
         tags['int8'] = (
             'value = offset + scale * q per band (GDAL scale/offset); -128 no-data'
         )
+    # Tiles no larger than the raster (multiples of 16, as TIFF requires): a
+    # padded 256 x 256 tile of every band costs more than the data itself.
+    tile = min(_BLOCK, 16 * math.ceil(max(height, width) / 16))
     profile = {
         'driver': 'GTiff',
         'dtype': 'int8' if int8 else 'float32',
@@ -788,8 +791,8 @@ def _write_cog(
         'transform': grid.out_transform,
         'nodata': -128 if int8 else float('nan'),
         'tiled': True,
-        'blockxsize': _BLOCK,
-        'blockysize': _BLOCK,
+        'blockxsize': tile,
+        'blockysize': tile,
         'BIGTIFF': 'IF_SAFER',
     }
     name = 'pca' if pca is not None else 'embedding'
@@ -816,7 +819,7 @@ def _write_cog(
             driver='COG',
             COMPRESS='DEFLATE',
             PREDICTOR=predictor,
-            BLOCKSIZE=_BLOCK,
+            BLOCKSIZE=tile,
             OVERVIEW_RESAMPLING='NEAREST' if int8 else 'AVERAGE',
             BIGTIFF='IF_SAFER',
         )
