@@ -174,7 +174,9 @@ class EmbeddingResult:
         parquet: the GeoParquet of chip embeddings, or None.
         grid: the grid of the area.
         chips: number of chips.
-        empty_chips: chips without valid data (written as no-data, not encoded).
+        empty_chips: chips whose centre has no valid output pixel: no-data in
+            the raster and no GeoParquet row (chips without any valid input
+            pixel are not even encoded).
         resumed_chips: chips taken from an interrupted run.
     """
 
