@@ -3,13 +3,15 @@
 ``torchgeo-mmearth fit|validate|test|predict ...`` is TorchGeo's own command-line
 interface (LightningCLI) with this plugin imported first, so configs can name the
 plugin's classes by their short names (``class_path: MPMAETask``) and weights by
-their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Three more subcommands:
+their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Four more subcommands:
 
 * ``build-corpus``: build an MMEarth-format corpus from your own rasters;
 * ``export-weights CKPT OUT``: write the encoder of an :class:`MPMAETask`
   checkpoint as a timm state dict with its metadata;
 * ``probe``: frozen-feature k-NN and linear probes and label efficiency on any
-  TorchGeo classification datamodule (:mod:`torchgeo_mmearth.evaluation`).
+  TorchGeo classification datamodule (:mod:`torchgeo_mmearth.evaluation`);
+* ``embed``: georeferenced embeddings of Sentinel-2 rasters, as a COG and a
+  GeoParquet (:mod:`torchgeo_mmearth.inference`).
 """
 
 import argparse
@@ -142,6 +144,10 @@ def main(args: Sequence[str] | None = None) -> int:
         from .evaluation.cli import main as probe
 
         return probe(argv[1:])
+    if argv[:1] == ['embed']:
+        from .inference.cli import main as embed
+
+        return embed(argv[1:])
 
     # Importing the plugin registers its classes with jsonargparse (short class
     # names), its models with timm and smp, and its weights with TorchGeo.

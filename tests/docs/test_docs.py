@@ -169,14 +169,16 @@ def test_conf_executes_the_tutorials_offline(monkeypatch: pytest.MonkeyPatch) ->
     assert conf['version'] == torchgeo_mmearth.__version__
 
 
-#: The tutorials in the order of the site's toctree, each with the packaged data it
-#: runs on (no downloads): the demo corpus, or its labelled tiles.
+#: The tutorials in the order of the site's toctree, each with the data it runs on
+#: (no downloads): the demo corpus, its labelled tiles, or the test rasters.
 TUTORIALS = {
     'explore_mmearth': "subset='MMEarthDemo'",
     'pretrain_mpmae': "subset='MMEarthDemo'",
     'finetune_weights': 'BigEarthNetDemoDataModule(',
     'build_corpus': "subset='MMEarthDemo'",
     'probe_features': 'BigEarthNetDemoDataModule(',
+    # the real BigEarthNet patches of the test data (a clone of the repository)
+    'embed_scene': 'tests/data/bigearthnet',
 }
 
 

@@ -1,0 +1,176 @@
+"""``torchgeo-mmearth embed``: MMEarth embeddings of Sentinel-2 rasters."""
+
+import argparse
+import importlib
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ['build_parser', 'main']
+
+_EPILOG = """\
+Inputs are Sentinel-2 GeoTIFFs or VRTs, or folders of them: single-band files
+named ..._B02.tif are grouped into scenes; multi-band files name their bands in
+their band descriptions or by --bands. The date is the first YYYYMMDD[THHMMSS] of
+a file name, the processing level an L1C or L2A in it (or --level). With
+--dataset, the inputs are the paths of a TorchGeo RasterDataset class instead.
+
+examples:
+  torchgeo-mmearth embed S2A_MSIL2A_20170613T101031_87_48/ \\
+      --weights MMEarthWeights.S2_MP_MAE --raster emb.tif --parquet chips.parquet
+  torchgeo-mmearth embed scenes/ --weights encoder.pth --raster emb.tif \\
+      --bounds 404400 5341200 405600 5342400 --start 2017-06-01 --end 2017-06-30
+  torchgeo-mmearth embed s2/ --dataset torchgeo.datasets.Sentinel2 \\
+      --weights last.ckpt --parquet chips.parquet --device cuda --bf16
+
+An interrupted run continues when run again with the same arguments, and writes
+the same files as a run that was not interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``embed``.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog='torchgeo-mmearth embed',
+        description='Embed Sentinel-2 rasters with an MMEarth encoder: a dense '
+        "Cloud-Optimized GeoTIFF at the encoder's output stride and a GeoParquet "
+        'of pooled chip embeddings, georeferenced like the input.',
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('inputs', nargs='+', help='GeoTIFF/VRT files or folders')
+    parser.add_argument(
+        '--weights',
+        required=True,
+        help='an MMEarthWeights member (MMEarthWeights.S2_MP_MAE), an '
+        'export-weights file or an MPMAETask checkpoint',
+    )
+    parser.add_argument('--raster', type=Path, help='embedding COG to write')
+    parser.add_argument('--parquet', type=Path, help='chip GeoParquet to write')
+    data = parser.add_argument_group('data')
+    data.add_argument(
+        '--dataset',
+        help='class path of a TorchGeo RasterDataset taking the inputs as paths',
+    )
+    data.add_argument(
+        '--bands', nargs='+', help='band names of multi-band files, in file order'
+    )
+    data.add_argument('--level', choices=('l1c', 'l2a'), help='processing level')
+    data.add_argument(
+        '--bounds',
+        nargs=4,
+        type=float,
+        metavar=('LEFT', 'BOTTOM', 'RIGHT', 'TOP'),
+        help='area to embed (default: all)',
+    )
+    data.add_argument(
+        '--bounds-crs', help='CRS of --bounds, e.g. EPSG:4326 (default: the rasters)'
+    )
+    data.add_argument('--start', help='first acquisition date (YYYY-MM-DD)')
+    data.add_argument('--end', help='last acquisition date (YYYY-MM-DD)')
+    run = parser.add_argument_group('run')
+    run.add_argument('--chip-size', type=int, help='chip side in pixels (32 P)')
+    run.add_argument('--margin', type=int, help='overlap per side in pixels (4 P)')
+    run.add_argument(
+        '--min-valid',
+        type=float,
+        default=0.5,
+        help='valid fraction an output pixel needs (default: %(default)s)',
+    )
+    run.add_argument('--batch-size', type=int, default=16, help='chips per batch')
+    run.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ...')
+    run.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
+    run.add_argument(
+        '--pca', type=int, metavar='K', help='write K principal components only'
+    )
+    run.add_argument(
+        '--int8', action='store_true', help='int8 raster with a scale/offset per band'
+    )
+    run.add_argument('--overwrite', action='store_true', help='replace outputs')
+    run.add_argument('--restart', action='store_true', help='ignore an interrupted run')
+    run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _dataset(class_path: str, paths: Sequence[str], bands: Any) -> Any:
+    module, _, name = class_path.rpartition('.')
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f'--dataset {class_path!r} is not an importable class ({error})'
+        ) from error
+    kwargs: dict[str, Any] = {'paths': list(paths)}
+    if bands:
+        kwargs['bands'] = bands
+    return cls(**kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``torchgeo-mmearth embed``.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.raster is None and args.parquet is None:
+        print('error: give --raster, --parquet or both', file=sys.stderr)
+        return 2
+    # Heavy imports (torch, rasterio, timm) only once the arguments are valid.
+    from .embedding import embed
+
+    inputs: Any = args.inputs
+    bands = args.bands
+    time_range = (args.start, args.end) if args.start or args.end else None
+    try:
+        if args.dataset:
+            inputs, bands = _dataset(args.dataset, args.inputs, args.bands), None
+        result = embed(
+            inputs,
+            args.weights,
+            args.raster,
+            args.parquet,
+            bands=bands,
+            level=args.level,
+            bounds=args.bounds,
+            bounds_crs=args.bounds_crs,
+            time_range=time_range,
+            chip_size=args.chip_size,
+            margin=args.margin,
+            min_valid=args.min_valid,
+            batch_size=args.batch_size,
+            device=args.device,
+            bf16=args.bf16,
+            pca=args.pca,
+            int8=args.int8,
+            resume=not args.restart,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        command = shlex.join(['torchgeo-mmearth', 'embed', *argv])
+        print(
+            f'\nInterrupted: the finished batches are kept. To continue: {command}',
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    written = [str(p) for p in (result.raster, result.parquet) if p is not None]
+    print(
+        f'{result.chips} chips ({result.empty_chips} without data) of '
+        f'{result.grid.width} x {result.grid.height} px embedded: '
+        f'{", ".join(written)}'
+    )
+    return 0

@@ -1,0 +1,901 @@
+"""Embed Sentinel-2 rasters: a dense embedding COG and a GeoParquet of chips.
+
+The area is cut into square chips on the pixel lattice of the input. Each chip is
+read (every band resampled onto the lattice, no-data as NaN), its bands matched
+by name and normalised with the MMEarth statistics of its processing level,
+and encoded; the encoder's last feature map has one pixel per ``P x P`` input
+pixels (P the patch size). Neighbouring chips overlap by a margin and each keeps
+only its centre, so that every output pixel is computed with context on all
+sides and chip seams do not show. Chips are processed in a fixed order and
+batching, and the results go to files on disk after every batch, so a run that is
+interrupted continues where it stopped and writes the same files as a run that
+was not.
+"""
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from torch import Tensor
+from torchvision.models._api import WeightsEnum
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+from .. import __version__
+from .._atomic import atomic_path
+from ..corpus import Acquisition, ModalitySource, TileGrid, as_source
+from ..corpus.sources import read_mosaic
+from ..modalities import S2_TYPES
+from ..models import BandRemap, MMEarthS2Normalize
+from .encoder import SceneEncoder, load_encoder
+
+__all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']
+
+# GeoTIFF, BigTIFF and VRT inputs; a trailing _B02 names the band of a
+# single-band file, a YYYYMMDD[THHMMSS] run of digits the date (as the corpus
+# builder's default, with VRTs accepted).
+_FILENAME_REGEX = (
+    r'^(?:.*?(?P<date>\d{8}(?:T\d{6})?))?.*?'
+    r'(?:[_-](?P<band>(?i:B0?\d{1,2}A?|QA60|SCL|MSK_CLDPRB)))?\.(?i:tiff?|vrt)$'
+)
+_STATE = 'state.json'
+
+
+def sentinel2_source(
+    inputs: Any, bands: Sequence[str] | None = None, level: str | None = None
+) -> ModalitySource:
+    """The Sentinel-2 rasters to embed, as a corpus-builder source.
+
+    Args:
+        inputs: GeoTIFF or VRT files, folders of them (single-band files named
+            ``..._B02.tif`` are grouped into scenes), a TorchGeo
+            ``RasterDataset`` or a :class:`~torchgeo_mmearth.corpus.ModalitySource`.
+        bands: band names of multi-band files, in file order; None reads them
+            from the files' band descriptions.
+        level: processing level ('l1c' or 'l2a'); None reads ``L1C``/``L2A``
+            from the file names.
+
+    Returns:
+        The source; its ``bands`` are the canonical band names it provides.
+
+    Raises:
+        FileNotFoundError: if no raster is found.
+        ValueError: if the band names or processing level cannot be told.
+    """
+    if isinstance(inputs, ModalitySource):
+        return as_source(inputs, 'sentinel2')
+    if hasattr(inputs, 'index'):  # a TorchGeo RasterDataset
+        options: dict[str, Any] = {'level': level}
+        if bands is not None:
+            options['bands'] = bands
+        return as_source(inputs, 'sentinel2', **options)
+    paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if bands is None:
+        bands = _described_bands(paths)
+    try:
+        return as_source(
+            [Path(p) for p in paths],
+            'sentinel2',
+            filename_glob='*',
+            filename_regex=_FILENAME_REGEX,
+            bands=bands,
+            level=level,
+        )
+    except ValueError as error:
+        if 'no acquisition date' not in str(error):
+            raise
+        raise ValueError(
+            f'{error}; put the date in the file name (YYYYMMDD or '
+            'YYYYMMDDTHHMMSS, e.g. S2_20170613_scene.tif), or pass a TorchGeo '
+            'RasterDataset'
+        ) from error
+
+
+def _described_bands(paths: Sequence[str | os.PathLike[str]]) -> list[str] | None:
+    """Band descriptions of the first multi-band raster, if it has some."""
+    pattern = re.compile(_FILENAME_REGEX)
+    for root in paths:
+        root = Path(root)
+        files = sorted(root.rglob('*')) if root.is_dir() else [root]
+        for path in files:
+            if not path.is_file() or not pattern.match(path.name):
+                continue
+            with rasterio.open(path) as src:
+                if src.count == 1:
+                    continue
+                if all(src.descriptions):
+                    return [str(d) for d in src.descriptions]
+                raise ValueError(
+                    f'{path} holds {src.count} bands without descriptions: pass '
+                    'bands=[...] (e.g. B2 B3 B4 B8) naming them in file order'
+                )
+    return None
+
+
+@dataclass(frozen=True)
+class EmbeddingGrid:
+    """The input lattice of an embedded area and the output grid derived from it.
+
+    Args:
+        crs: CRS of the input and output rasters.
+        transform: affine transform of the input lattice at the top-left corner
+            of the area (pixel edges).
+        width: width of the area in input pixels.
+        height: height of the area in input pixels.
+        patch_size: input pixels per output pixel along each axis.
+    """
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    patch_size: int
+
+    @property
+    def out_transform(self) -> Affine:
+        """Transform of the embedding raster.
+
+        Output pixel (r, c) covers input pixels ``[r P, (r + 1) P) x [c P,
+        (c + 1) P)``: its centre is the centre of that window.
+        """
+        return self.transform * Affine.scale(self.patch_size)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """(height, width) of the embedding raster."""
+        return (
+            math.ceil(self.height / self.patch_size),
+            math.ceil(self.width / self.patch_size),
+        )
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """What :func:`embed` wrote.
+
+    Args:
+        raster: the embedding COG, or None.
+        parquet: the GeoParquet of chip embeddings, or None.
+        grid: the grid of the area.
+        chips: number of chips.
+        empty_chips: chips whose centre has no valid output pixel: no-data in
+            the raster and no GeoParquet row (chips without any valid input
+            pixel are not even encoded).
+        resumed_chips: chips taken from an interrupted run.
+    """
+
+    raster: Path | None
+    parquet: Path | None
+    grid: EmbeddingGrid
+    chips: int
+    empty_chips: int
+    resumed_chips: int
+
+
+def _select(
+    source: ModalitySource, time_range: tuple[Any, Any] | None
+) -> list[Acquisition]:
+    acquisitions = list(source.acquisitions)
+    if time_range is not None:
+        start, stop = (
+            None if t is None else (t if isinstance(t, datetime) else _date(t))
+            for t in time_range
+        )
+        acquisitions = [
+            a
+            for a in acquisitions
+            if a.date is None
+            or ((start is None or a.date >= start) and (stop is None or a.date <= stop))
+        ]
+    if not acquisitions:
+        raise ValueError(
+            f'no acquisition of {source.describe()} lies in the time range '
+            f'{time_range}; its dates are '
+            f'{sorted({str(a.date) for a in source.acquisitions})}'
+        )
+    return acquisitions
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError as error:
+        raise ValueError(
+            f'time_range: {text!r} is not an ISO date (YYYY-MM-DD[THH:MM:SS])'
+        ) from error
+
+
+def _snap(value: float, origin: float, step: float, up: bool) -> int:
+    """Index of the lattice line at or beyond *value* (outward from the area)."""
+    index = (value - origin) / step
+    nearest = round(index)
+    if abs(index - nearest) < 1e-6:  # on a line, up to floating-point noise
+        return int(nearest)
+    return math.ceil(index) if up else math.floor(index)
+
+
+def area_grid(
+    acquisitions: Sequence[Acquisition],
+    patch_size: int,
+    bounds: Sequence[float] | None = None,
+    bounds_crs: Any = None,
+) -> EmbeddingGrid:
+    """The lattice of the first acquisition over the area to embed.
+
+    Args:
+        acquisitions: the acquisitions to embed, first one's lattice and CRS used.
+        patch_size: output stride.
+        bounds: (left, bottom, right, top) of the area; None for the union of
+            the acquisitions' footprints.
+        bounds_crs: CRS of *bounds*; None for the CRS of the first acquisition.
+
+    Returns:
+        The grid, snapped outward to the input lattice.
+
+    Raises:
+        ValueError: if the area does not overlap the acquisitions.
+    """
+    first = acquisitions[0]
+    crs, lattice = first.crs, first.lattice
+    boxes = []
+    for acquisition in acquisitions:
+        for footprint in acquisition.footprints:
+            if acquisition.crs != crs:
+                footprint = transform_bounds(
+                    acquisition.crs, crs, *footprint, densify_pts=21
+                )
+            boxes.append(footprint)
+    array = np.array(boxes, dtype=np.float64)
+    left, bottom = float(array[:, 0].min()), float(array[:, 1].min())
+    right, top = float(array[:, 2].max()), float(array[:, 3].max())
+    if bounds is not None:
+        area = tuple(float(v) for v in bounds)
+        if bounds_crs is not None and CRS.from_user_input(bounds_crs) != crs:
+            area = transform_bounds(
+                CRS.from_user_input(bounds_crs), crs, *area, densify_pts=21
+            )
+        left, bottom = max(left, area[0]), max(bottom, area[1])
+        right, top = min(right, area[2]), min(top, area[3])
+        if not (left < right and bottom < top):
+            raise ValueError(
+                f'bounds={list(bounds)} (CRS {bounds_crs or crs}) do not overlap the '
+                'rasters'
+            )
+    col0 = _snap(left, lattice.c, lattice.a, up=False)
+    col1 = _snap(right, lattice.c, lattice.a, up=True)
+    row0 = _snap(top, lattice.f, lattice.e, up=False)
+    row1 = _snap(bottom, lattice.f, lattice.e, up=True)
+    return EmbeddingGrid(
+        crs,
+        lattice * Affine.translation(col0, row0),
+        col1 - col0,
+        row1 - row0,
+        patch_size,
+    )
+
+
+@dataclass(frozen=True)
+class _Chip:
+    """A chip: its top-left input pixel and the output cells it keeps."""
+
+    index: int
+    row: int  # input pixel of the chip's top-left corner (may be negative)
+    col: int
+    out_rows: tuple[int, int]  # kept output cells, [start, stop)
+    out_cols: tuple[int, int]
+
+
+def _chips(grid: EmbeddingGrid, size: int, margin: int) -> list[_Chip]:
+    """Chips of *size* pixels whose centres (*size* - 2 *margin*) tile the area."""
+    p = grid.patch_size
+    core = (size - 2 * margin) // p  # output cells kept per chip and axis
+    height, width = grid.out_shape
+    chips: list[_Chip] = []
+    for i in range(math.ceil(height / core)):
+        for j in range(math.ceil(width / core)):
+            chips.append(
+                _Chip(
+                    len(chips),
+                    i * core * p - margin,
+                    j * core * p - margin,
+                    (i * core, min((i + 1) * core, height)),
+                    (j * core, min((j + 1) * core, width)),
+                )
+            )
+    return chips
+
+
+def _check_geometry(chip_size: int, margin: int, patch_size: int) -> None:
+    if chip_size % patch_size or margin % patch_size:
+        raise ValueError(
+            f'chip_size ({chip_size}) and margin ({margin}) must be multiples of the '
+            f'patch size {patch_size} of the weights'
+        )
+    if margin < 0 or chip_size - 2 * margin < patch_size:
+        raise ValueError(
+            f'chip_size - 2 * margin must be at least the patch size {patch_size}; '
+            f'got chip_size={chip_size}, margin={margin}'
+        )
+
+
+class _Workspace:
+    """Arrays on disk that a run fills batch by batch, and how far it got."""
+
+    def __init__(
+        self,
+        folder: Path,
+        fingerprint: dict[str, Any],
+        shape: tuple[int, int, int],
+        chips: int,
+        resume: bool,
+    ) -> None:
+        self.folder = folder
+        state = folder / _STATE
+        self.done = 0
+        if resume and state.is_file():
+            saved = json.loads(state.read_text())
+            if saved.get('fingerprint') == fingerprint:
+                self.done = int(saved['done'])
+            else:
+                warnings.warn(
+                    f'{folder} holds an interrupted run with other inputs or '
+                    'options; starting again',
+                    UserWarning,
+                    stacklevel=3,
+                )
+        if self.done == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        self.fingerprint = fingerprint
+        mode: Literal['r+', 'w+'] = 'r+' if self.done else 'w+'
+        self.features = np.memmap(
+            folder / 'features.f32', np.float32, mode, shape=shape
+        )
+        self.pooled = np.memmap(
+            folder / 'pooled.f32', np.float32, mode, shape=(chips, shape[0])
+        )
+        self.valid = np.memmap(folder / 'valid.f32', np.float32, mode, shape=(chips,))
+        if not self.done:
+            self.features[:] = np.nan
+            self.pooled[:] = np.nan
+            self.valid[:] = 0
+
+    def commit(self, done: int) -> None:
+        """Flush the arrays, then record that *done* batches are complete."""
+        self.features.flush()
+        self.pooled.flush()
+        self.valid.flush()
+        self.done = done
+        with atomic_path(self.folder / _STATE) as temporary:
+            temporary.write_text(
+                json.dumps({'fingerprint': self.fingerprint, 'done': done})
+            )
+
+
+def _read_chips(
+    source: ModalitySource,
+    acquisitions: Sequence[Acquisition],
+    grid: EmbeddingGrid,
+    chips: Sequence[_Chip],
+    size: int,
+    footprints: Sequence[tuple[float, float, float, float]],
+) -> tuple[np.ndarray, list[str | None]]:
+    """Raw chips (B, C, size, size) in source band order, NaN no-data; levels."""
+    selected = {a.key for a in acquisitions}
+    out = np.full((len(chips), len(source.bands), size, size), np.nan, np.float32)
+    levels: list[str | None] = []
+    for k, chip in enumerate(chips):
+        tile = TileGrid(
+            grid.crs, grid.transform * Affine.translation(chip.col, chip.row), size
+        )
+        if not any(_overlaps(tile.bounds, box) for box in footprints):
+            # Cheaper than asking the source: most chips of a sparse mosaic.
+            levels.append(None)
+            continue
+        found = [a for a in source.overlapping(tile) if a.key in selected]
+        levels.append(found[0].level if found else None)
+        for band, array in read_mosaic(source, found, tile).items():
+            if band in source.bands:
+                out[k, source.bands.index(band)] = array
+    return out, levels
+
+
+def _fingerprint(
+    source: ModalitySource, encoder: SceneEncoder, options: dict[str, Any]
+) -> dict[str, Any]:
+    weights = Path(encoder.weights)
+    digest = None
+    if weights.is_file():
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return {
+        'source': json.loads(json.dumps(source.fingerprint(), default=str)),
+        'weights': encoder.weights,
+        'weights_sha256': digest,
+        'options': json.loads(json.dumps(options, default=str)),
+    }
+
+
+def embed(
+    inputs: Any,
+    weights: SceneEncoder | WeightsEnum | str | os.PathLike[str],
+    raster: str | os.PathLike[str] | None = None,
+    parquet: str | os.PathLike[str] | None = None,
+    *,
+    bands: Sequence[str] | None = None,
+    level: str | None = None,
+    bounds: Sequence[float] | None = None,
+    bounds_crs: Any = None,
+    time_range: tuple[Any, Any] | None = None,
+    chip_size: int | None = None,
+    margin: int | None = None,
+    min_valid: float = 0.5,
+    batch_size: int = 16,
+    device: str | torch.device = 'cpu',
+    bf16: bool = False,
+    pca: int | None = None,
+    int8: bool = False,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EmbeddingResult:
+    """Embed Sentinel-2 rasters with an MMEarth encoder.
+
+    Writes a Cloud-Optimized GeoTIFF with one float32 band per feature (or
+    *pca* components, optionally *int8*-quantised) at the encoder's output
+    stride (one output pixel per ``P x P`` input pixels, its centre on the
+    centre of the window it summarises; NaN is no-data), and a GeoParquet
+    with one row per chip centre: its footprint, the date and scenes it was
+    read from, the weights, the fraction of valid output pixels and the mean of
+    its valid embeddings. Both carry the provenance (weights, bands,
+    band statistics, options, package version) in their metadata
+    (``TORCHGEO_MMEARTH`` tag, ``torchgeo_mmearth`` Parquet key).
+
+    An output pixel whose input window has less than *min_valid* valid pixels
+    (every band present, not no-data) is no-data; chips without any valid output
+    pixel are not encoded and have no row.
+
+    If you use the MMEarth weights, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
+
+    Args:
+        inputs: see :func:`sentinel2_source`.
+        weights: an :class:`~torchgeo_mmearth.models.MMEarthWeights` member or its
+            name, an ``export-weights`` file, an MPMAETask checkpoint, or an
+            encoder from :func:`~torchgeo_mmearth.inference.load_encoder`.
+        raster: the embedding COG to write, or None.
+        parquet: the GeoParquet to write, or None.
+        bands: band names of multi-band files (see :func:`sentinel2_source`).
+        level: processing level of the inputs (see :func:`sentinel2_source`).
+        bounds: (left, bottom, right, top) of the area to embed; None for all.
+        bounds_crs: CRS of *bounds*; None for the CRS of the rasters.
+        time_range: (start, stop) dates (ISO strings or datetimes, either None)
+            of the acquisitions to embed, inclusive.
+        chip_size: side of a chip in input pixels, a multiple of the patch
+            size P (default: 32 P, 256 px for P = 8).
+        margin: pixels dropped from each side of a chip's output, a multiple of
+            P; neighbouring chips overlap by twice this (default: an eighth of
+            the chip, 32 px for P = 8).
+        min_valid: fraction of valid input pixels an output pixel needs.
+        batch_size: chips per forward pass.
+        device: where to run the encoder.
+        bf16: run the encoder in bfloat16 autocast (for GPUs).
+        pca: write this many principal components of the features instead of
+            all of them (fitted on the area's valid pixels, their explained
+            variance in the tags); the GeoParquet keeps every feature.
+        int8: quantise the raster to int8 with a GDAL scale and offset per band
+            (value = offset + scale * q; -128 is no-data).
+        resume: continue an interrupted run of the same inputs and options.
+        overwrite: replace existing outputs.
+        progress: show a progress bar.
+
+    Returns:
+        What was written.
+
+    Raises:
+        ValueError: for no output, bad chip geometry, inputs that lack bands of
+            the weights (naming them), or an area or time range without data.
+        FileExistsError: if an output exists and *overwrite* is False.
+    """
+    if raster is None and parquet is None:
+        raise ValueError('nothing to write: pass raster=, parquet= or both')
+    outputs = [Path(p) for p in (raster, parquet) if p is not None]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f'{existing} exist; pass overwrite=True to replace them')
+    if not 0 < min_valid <= 1:
+        raise ValueError(f'min_valid must be in (0, 1], got {min_valid}')
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    device = torch.device(device)
+    encoder = (
+        weights if isinstance(weights, SceneEncoder) else load_encoder(weights, device)
+    )
+    encoder.model.to(device)
+    p = encoder.patch_size
+    # Wider than the pretraining input: the receptive field of the last stage
+    # spans hundreds of pixels, and a wide margin keeps chip borders out of the
+    # kept centres (docs: the seam test in tests/inference).
+    size = chip_size or 32 * p
+    margin = margin if margin is not None else (size // 8) // p * p
+    _check_geometry(size, margin, p)
+    source = sentinel2_source(inputs, bands, level)
+    transforms = encoder.transforms(source.bands).to(device)
+    remap, normalize = transforms
+    assert isinstance(remap, BandRemap) and isinstance(normalize, MMEarthS2Normalize)
+    used = [source.bands.index(b) for b in remap.bands]
+    acquisitions = _select(source, time_range)
+    grid = area_grid(acquisitions, p, bounds, bounds_crs)
+    chips = _chips(grid, size, margin)
+    footprints = [
+        _in_crs(f, a.crs, grid.crs) for a in acquisitions for f in a.footprints
+    ]
+    batches = [chips[i : i + batch_size] for i in range(0, len(chips), batch_size)]
+    options = {
+        'bands': bands,
+        'level': level,
+        'bounds': bounds,
+        'bounds_crs': str(bounds_crs),
+        'time_range': time_range,
+        'chip_size': size,
+        'margin': margin,
+        'min_valid': min_valid,
+        'batch_size': batch_size,
+        'bf16': bf16,
+        'pca': pca,
+        'int8': int8,
+    }
+    fingerprint = _fingerprint(source, encoder, options)
+    provenance = {
+        'package': 'torchgeo-mmearth',
+        'version': __version__,
+        'weights': encoder.weights,
+        'weights_sha256': fingerprint['weights_sha256'],
+        'model': encoder.model_name,
+        'patch_size': p,
+        'model_bands': list(encoder.bands),
+        'source_bands': list(remap.bands),
+        'normalisation': {
+            level_: {
+                'mean': normalize.mean[i].tolist(),
+                'std': normalize.std[i].tolist(),
+            }
+            for i, level_ in enumerate(S2_TYPES)
+        },
+        'weights_meta': encoder.provenance,
+        'options': json.loads(json.dumps(options, default=str)),
+        # The scenes and their files (paths, sizes), for the GeoParquet's
+        # 'scenes' column.
+        'inputs': fingerprint['source'],
+    }
+    features = encoder.num_features
+    if pca is not None and not 1 <= pca <= features:
+        raise ValueError(
+            f'pca must be in [1, {features}] (the features of {encoder.model_name}), '
+            f'got {pca}'
+        )
+    height, width = grid.out_shape
+    work_root = outputs[0]
+    workspace = _Workspace(
+        work_root.with_name(f'.{work_root.name}.partial'),
+        fingerprint,
+        (features, height, width),
+        len(chips),
+        resume,
+    )
+    resumed = sum(len(b) for b in batches[: workspace.done])
+    cells = size // p
+    bar = tqdm(
+        total=len(chips),
+        initial=resumed,
+        disable=not progress,
+        unit='chip',
+        desc='embedding',
+    )
+    try:
+        for number in range(workspace.done, len(batches)):
+            batch = batches[number]
+            arrays, levels = _read_chips(
+                source, acquisitions, grid, batch, size, footprints
+            )
+            valid = np.isfinite(arrays[:, used]).all(axis=1)
+            fraction = valid.reshape(len(batch), cells, p, cells, p).mean(axis=(2, 4))
+            keep = fraction >= min_valid
+            todo = [k for k in range(len(batch)) if keep[k].any()]
+            if todo:
+                maps = _encode(
+                    encoder,
+                    transforms,
+                    arrays[todo],
+                    [levels[k] for k in todo],
+                    device,
+                    bf16,
+                )
+                for k, fmap in zip(todo, maps, strict=True):
+                    _store(workspace, batch[k], fmap, keep[k], margin // p)
+            workspace.commit(number + 1)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        source.close()
+    empty = int((np.asarray(workspace.valid) == 0).sum())
+    if raster is not None:
+        _write_cog(Path(raster), workspace, grid, provenance, pca, int8)
+    if parquet is not None:
+        _write_parquet(
+            Path(parquet), workspace, grid, chips, source, acquisitions, provenance
+        )
+    shutil.rmtree(workspace.folder)
+    return EmbeddingResult(
+        Path(raster) if raster is not None else None,
+        Path(parquet) if parquet is not None else None,
+        grid,
+        len(chips),
+        empty,
+        resumed,
+    )
+
+
+def _encode(
+    encoder: SceneEncoder,
+    transforms: torch.nn.Module,
+    arrays: np.ndarray,
+    levels: Sequence[str | None],
+    device: torch.device,
+    bf16: bool,
+) -> np.ndarray:
+    """Feature maps (B, D, h, w) of raw chips; no-data enters as the band mean."""
+    sample = {
+        'image': torch.from_numpy(arrays).to(device),
+        's2_type': [level or 'l2a' for level in levels],
+    }
+    with torch.inference_mode():
+        image: Tensor = transforms(sample)['image']
+        image = torch.nan_to_num(image, nan=0.0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = encoder.forward_features(image)
+    result: np.ndarray = out.float().cpu().numpy()
+    return result
+
+
+def _store(
+    workspace: _Workspace,
+    chip: _Chip,
+    fmap: np.ndarray,
+    keep: np.ndarray,
+    margin_cells: int,
+) -> None:
+    """Write the centre of one chip's feature map and its pooled embedding."""
+    r0, r1 = chip.out_rows
+    c0, c1 = chip.out_cols
+    core = fmap[
+        :, margin_cells : margin_cells + r1 - r0, margin_cells : margin_cells + c1 - c0
+    ]
+    mask = keep[
+        margin_cells : margin_cells + r1 - r0, margin_cells : margin_cells + c1 - c0
+    ]
+    core = np.where(mask[None], core, np.float32(np.nan))
+    workspace.features[:, r0:r1, c0:c1] = core
+    workspace.valid[chip.index] = mask.mean()
+    if mask.any():
+        workspace.pooled[chip.index] = core[:, mask].mean(axis=1)
+
+
+_BLOCK = 256
+
+
+def _blocks(height: int) -> list[tuple[int, int]]:
+    """(first row, number of rows) of the row blocks of a raster."""
+    return [(row, min(_BLOCK, height - row)) for row in range(0, height, _BLOCK)]
+
+
+def _pca(
+    features: np.ndarray, components: int
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Mean, (components, D) axes and explained variance ratios of valid pixels.
+
+    Fitted on at most 65 536 valid pixels drawn with a fixed seed, so that a run
+    and its resumption write the same file.
+    """
+    count, height, width = features.shape
+    if not 1 <= components <= count:
+        raise ValueError(
+            f'pca must be in [1, {count}] (the features), got {components}'
+        )
+    valid = np.concatenate(
+        [
+            np.flatnonzero(np.isfinite(features[0, row : row + rows]).ravel())
+            + row * width
+            for row, rows in _blocks(height)
+        ]
+    )
+    if len(valid) == 0:
+        raise ValueError('the area has no valid embedding to fit the PCA on')
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(valid, min(len(valid), 65536), replace=False))
+    sample = np.asarray(features.reshape(count, -1)[:, chosen], np.float64).T
+    mean = sample.mean(axis=0)
+    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    variance = singular**2
+    ratio = (variance[:components] / variance.sum()).tolist()
+    return mean, axes[:components], ratio
+
+
+def _write_cog(
+    path: Path,
+    workspace: _Workspace,
+    grid: EmbeddingGrid,
+    provenance: dict[str, Any],
+    pca: int | None,
+    int8: bool,
+) -> None:
+    """Write the features (or their PCA) as a COG, through a tiled GeoTIFF."""
+    features, height, width = workspace.features.shape
+    tags = dict(provenance)
+    project = None
+    if pca is not None:
+        mean, axes, ratio = _pca(workspace.features, pca)
+        tags['pca'] = {'components': pca, 'explained_variance_ratio': ratio}
+
+        def project(block: np.ndarray) -> np.ndarray:
+            flat = block.reshape(features, -1).T.astype(np.float64)
+            out: np.ndarray = ((flat - mean) @ axes.T).T.astype(np.float32)
+            return out.reshape(len(axes), *block.shape[1:])
+
+    def values(row: int, rows: int) -> np.ndarray:
+        block = np.asarray(workspace.features[:, row : row + rows])
+        return project(block) if project is not None else block
+
+    count = pca or features
+    scales, offsets = [1.0] * count, [0.0] * count
+    if int8:
+        # Per band: value = offset + scale * q, q in [-127, 127]; -128 is no-data.
+        low = np.full(count, np.inf)
+        high = np.full(count, -np.inf)
+        for row, rows in _blocks(height):
+            block = values(row, rows)
+            if np.isfinite(block).any():
+                low = np.fmin(low, np.nanmin(block, axis=(1, 2)))
+                high = np.fmax(high, np.nanmax(block, axis=(1, 2)))
+        low = np.where(np.isfinite(low), low, 0.0)
+        high = np.where(np.isfinite(high), high, 0.0)
+        scales = (np.maximum(high - low, 1e-12) / 254).tolist()
+        offsets = ((high + low) / 2).tolist()
+        tags['int8'] = (
+            'value = offset + scale * q per band (GDAL scale/offset); -128 no-data'
+        )
+    # Tiles no larger than the raster (multiples of 16, as TIFF requires): a
+    # padded 256 x 256 tile of every band costs more than the data itself.
+    tile = min(_BLOCK, 16 * math.ceil(max(height, width) / 16))
+    profile = {
+        'driver': 'GTiff',
+        'dtype': 'int8' if int8 else 'float32',
+        'count': count,
+        'height': height,
+        'width': width,
+        'crs': grid.crs,
+        'transform': grid.out_transform,
+        'nodata': -128 if int8 else float('nan'),
+        'tiled': True,
+        'blockxsize': tile,
+        'blockysize': tile,
+        'BIGTIFF': 'IF_SAFER',
+    }
+    name = 'pca' if pca is not None else 'embedding'
+    staged = workspace.folder / 'features.tif'
+    with rasterio.open(staged, 'w', **profile) as dst:
+        dst.update_tags(TORCHGEO_MMEARTH=json.dumps(tags, sort_keys=True))
+        dst.descriptions = tuple(f'{name}_{i:04d}' for i in range(count))
+        if int8:
+            dst.scales, dst.offsets = tuple(scales), tuple(offsets)
+        for row, rows in _blocks(height):
+            block = values(row, rows)
+            if int8:
+                scale = np.array(scales, np.float64)[:, None, None]
+                offset = np.array(offsets, np.float64)[:, None, None]
+                q = np.rint((block - offset) / scale)
+                block = np.where(np.isfinite(block), np.clip(q, -127, 127), -128)
+                block = block.astype(np.int8)
+            dst.write(block, window=Window(0, row, width, rows))
+    predictor = 'STANDARD' if int8 else 'FLOATING_POINT'
+    with atomic_path(path) as temporary:
+        rasterio.shutil.copy(
+            staged,
+            temporary,
+            driver='COG',
+            COMPRESS='DEFLATE',
+            PREDICTOR=predictor,
+            BLOCKSIZE=tile,
+            OVERVIEW_RESAMPLING='NEAREST' if int8 else 'AVERAGE',
+            BIGTIFF='IF_SAFER',
+        )
+
+
+def _write_parquet(
+    path: Path,
+    workspace: _Workspace,
+    grid: EmbeddingGrid,
+    chips: Sequence[_Chip],
+    source: ModalitySource,
+    acquisitions: Sequence[Acquisition],
+    provenance: dict[str, Any],
+) -> None:
+    """One row per chip centre with valid embeddings, as GeoParquet."""
+    import geopandas as gpd  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq
+    import shapely  # type: ignore[import-untyped]
+
+    rows: dict[str, list[Any]] = {
+        name: [] for name in ('chip', 'row', 'col', 'date', 'scenes', 'valid_fraction')
+    }
+    vectors, geometries = [], []
+    t = grid.out_transform
+    for chip in chips:
+        fraction = float(workspace.valid[chip.index])
+        if fraction == 0:
+            continue
+        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
+        left, top = t * (c0, r0)
+        right, bottom = t * (c1, r1)
+        box = (left, bottom, right, top)
+        found = [
+            (a, name)
+            for a in acquisitions
+            for name, f in zip(a.scenes, a.footprints, strict=True)
+            if _overlaps(_in_crs(f, a.crs, grid.crs), box)
+        ]
+        rows['chip'].append(chip.index)
+        rows['row'].append(r0)
+        rows['col'].append(c0)
+        rows['date'].append(found[0][0].date if found else None)
+        rows['scenes'].append(','.join(dict.fromkeys(name for _, name in found)))
+        rows['valid_fraction'].append(fraction)
+        vectors.append(np.asarray(workspace.pooled[chip.index], dtype=np.float32))
+        geometries.append(shapely.box(*box))
+    frame = gpd.GeoDataFrame(
+        {
+            **rows,
+            'weights': provenance['weights'],
+            'model': provenance['model'],
+            'embedding': vectors,
+        },
+        geometry=geometries,
+        crs=grid.crs,
+    )
+    with atomic_path(path) as temporary:
+        frame.to_parquet(temporary)
+        table = pq.read_table(temporary)
+        metadata = dict(table.schema.metadata or {})
+        metadata[b'torchgeo_mmearth'] = json.dumps(provenance, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), temporary)
+
+
+def _in_crs(
+    box: tuple[float, float, float, float], crs: CRS, target: CRS
+) -> tuple[float, float, float, float]:
+    if crs == target:
+        return box
+    left, bottom, right, top = transform_bounds(crs, target, *box, densify_pts=21)
+    return float(left), float(bottom), float(right), float(top)
+
+
+def _overlaps(
+    a: tuple[float, float, float, float], b: tuple[float, float, float, float]
+) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
