@@ -96,7 +96,9 @@ class TestPackCollate:
     def test_tensors_share_one_aligned_buffer(self) -> None:
         packed = pack_collate([sample(i) for i in range(3)])
         batch = packed.unpack()
-        packed_keys = [k for k, v in packed.entries if isinstance(v, loaders_module._Slot)]
+        packed_keys = [
+            k for k, v in packed.entries if isinstance(v, loaders_module._Slot)
+        ]
         assert packed_keys == [
             'image_sentinel2',
             'image_canopy_height_eth',

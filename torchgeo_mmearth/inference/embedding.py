@@ -42,7 +42,7 @@ from .._atomic import atomic_path
 from ..corpus import Acquisition, ModalitySource, TileGrid, as_source
 from ..corpus.sources import read_mosaic
 from ..modalities import S2_TYPES
-from ..models import BandRemap, MMEarthS2Normalize
+from ..transforms import BandRemap, MMEarthS2Normalize
 from .encoder import SceneEncoder, load_encoder
 
 __all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']

@@ -14,7 +14,8 @@ from torchvision.models._api import WeightsEnum
 
 from ..evaluation import load_backbone
 from ..modalities import SENTINEL2_INPUT_BANDS
-from ..models import BandRemap, MMEarthS2Normalize, load_checkpoint
+from ..models import load_checkpoint
+from ..transforms import BandRemap, MMEarthS2Normalize
 
 __all__ = ['SceneEncoder', 'load_encoder']
 

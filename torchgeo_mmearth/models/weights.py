@@ -23,7 +23,7 @@ statistics (:class:`~torchgeo_mmearth.transforms.MMEarthS2Normalize`).
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeAlias, cast
 
@@ -527,13 +527,16 @@ def _build(name: str, weights: WeightsArg, **kwargs: Any) -> MMEarthConvNeXtV2:
     return model
 
 
-def mmearth_convnextv2_atto(
-    weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, optionally with pretrained weights.
+def _builder(name: str, description: str) -> Callable[..., MMEarthConvNeXtV2]:
+    """The TorchGeo builder of the timm model *name* (as torchgeo.models.resnet50)."""
 
-    The TorchGeo builder of the timm model of the same name: patch size 8, or
-    that of the weights.
+    def builder(weights: WeightsArg = None, **kwargs: Any) -> MMEarthConvNeXtV2:
+        return _build(name, weights, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"""MMEarth ConvNeXt V2 {description}, optionally with pretrained weights.
+
+    The TorchGeo builder of the timm model of the same name.
 
     If you use this model in your research, please cite the following paper:
 
@@ -547,66 +550,25 @@ def mmearth_convnextv2_atto(
             :func:`timm.create_model`.
 
     Returns:
-        An MMEarth ConvNeXt V2 atto model.
+        The model.
 
     Raises:
         ValueError: if the weights are for another architecture, or contradict
             ``in_chans`` or ``patch_size``.
     """
-    return _build('mmearth_convnextv2_atto', weights, **kwargs)
+    return builder
 
 
-def mmearth_convnextv2_atto_p16(
-    weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 atto, patch size 16, optionally with pretrained weights.
-
-    The TorchGeo builder of the timm model of the same name.
-
-    If you use this model in your research, please cite the following paper:
-
-    * https://arxiv.org/abs/2405.02771
-
-    Args:
-        weights: as for :func:`mmearth_convnextv2_atto`.
-        **kwargs: additional keyword arguments to pass to
-            :func:`timm.create_model`.
-
-    Returns:
-        An MMEarth ConvNeXt V2 atto model of patch size 16.
-
-    Raises:
-        ValueError: if the weights are for another architecture, or contradict
-            ``in_chans`` or ``patch_size``.
-    """
-    return _build('mmearth_convnextv2_atto_p16', weights, **kwargs)
-
-
-def mmearth_convnextv2_tiny(
-    weights: WeightsArg = None, **kwargs: Any
-) -> MMEarthConvNeXtV2:
-    """MMEarth ConvNeXt V2 tiny, optionally with pretrained weights.
-
-    The TorchGeo builder of the timm model of the same name: patch size 8, or
-    that of the weights.
-
-    If you use this model in your research, please cite the following paper:
-
-    * https://arxiv.org/abs/2405.02771
-
-    Args:
-        weights: as for :func:`mmearth_convnextv2_atto`.
-        **kwargs: additional keyword arguments to pass to
-            :func:`timm.create_model`.
-
-    Returns:
-        An MMEarth ConvNeXt V2 tiny model.
-
-    Raises:
-        ValueError: if the weights are for another architecture, or contradict
-            ``in_chans`` or ``patch_size``.
-    """
-    return _build('mmearth_convnextv2_tiny', weights, **kwargs)
+#: The architectures of the official checkpoints, with weights.
+mmearth_convnextv2_atto = _builder(
+    'mmearth_convnextv2_atto', 'atto, patch size 8 or that of the weights'
+)
+mmearth_convnextv2_atto_p16 = _builder(
+    'mmearth_convnextv2_atto_p16', 'atto, patch size 16'
+)
+mmearth_convnextv2_tiny = _builder(
+    'mmearth_convnextv2_tiny', 'tiny, patch size 8 or that of the weights'
+)
 
 
 def _register_with_torchgeo(api: ModuleType) -> None:
