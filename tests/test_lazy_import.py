@@ -102,3 +102,29 @@ def test_subpackages_and_names_load_on_first_use() -> None:
         models.nothing  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         torchgeo_mmearth.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ('command', 'absent'),
+    [
+        (['export-weights', '--help'], HEAVY),
+        (['probe', '--help'], ('torchgeo', 'segmentation_models_pytorch')),
+    ],
+)
+def test_help_imports_only_what_it_needs(
+    command: list[str], absent: tuple[str, ...]
+) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from torchgeo_mmearth.main import main
+        try:
+            main({command!r})
+        except SystemExit as exit:
+            assert exit.code == 0
+        print(sorted(name for name in {absent!r} if name in sys.modules))
+        """
+    )
+    output = run(code)
+    assert f'torchgeo-mmearth {command[0]}' in output  # the usage line
+    assert output.splitlines()[-1] == '[]'

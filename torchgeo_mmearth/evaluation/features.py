@@ -34,13 +34,10 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
-from torchgeo.models import get_weight
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from .._atomic import atomic_path
-from .._compat import extract_backbone
-from .._compat import load_state_dict as torchgeo_load_state_dict
 from ..models import MMEarthConvNeXtV2, checkpoint_filter_fn, load_checkpoint
 
 __all__ = [
@@ -259,6 +256,9 @@ def _state_dict_from_file(path: str, backbone: nn.Module) -> dict[str, Tensor]:
         return checkpoint_filter_fn(load_checkpoint(path), backbone)
     checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, Mapping) and 'hyper_parameters' in checkpoint:
+        # TorchGeo's tasks import every TorchGeo datamodule: only for a checkpoint.
+        from .._compat import extract_backbone
+
         return extract_backbone(path)[1]  # a Lightning checkpoint, as TorchGeo
     if isinstance(checkpoint, Mapping) and isinstance(
         checkpoint.get('state_dict'), Mapping
@@ -281,6 +281,9 @@ def _load_weights(backbone: nn.Module, weights: Any) -> None:
     elif os.path.exists(weights):
         state_dict = _state_dict_from_file(os.fspath(weights), backbone)
     else:
+        # TorchGeo's model API imports every TorchGeo dataset: only for a name.
+        from torchgeo.models import get_weight
+
         state_dict = get_weight(str(weights)).get_state_dict(progress=True)
     source = _describe(weights)
     state_dict = dict(state_dict)
@@ -303,6 +306,8 @@ def _load_weights(backbone: nn.Module, weights: Any) -> None:
             f'({type(backbone).__name__}) lacks, e.g. {unexpected[:5]}: they are '
             'for another architecture'
         )
+    from .._compat import load_state_dict as torchgeo_load_state_dict
+
     try:
         # TorchGeo's loader: re-initialises the first convolution (with a
         # warning) when the number of input bands differs.
