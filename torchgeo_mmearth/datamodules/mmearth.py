@@ -203,14 +203,26 @@ class MMEarthDataModule(NonGeoDataModule):
         loader made after the loops' state is restored, and a task that reads
         ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (as
         :class:`~torchgeo_mmearth.trainers.MPMAETask` does) makes it before; the
-        datamodule's state is restored before either.
+        datamodule's state is restored before either, and it knows when an epoch
+        cut short by ``limit_train_batches`` has ended.
 
         Returns:
             The state of the training loader, if one was made.
         """
-        if self._train_loader is None:
+        loader = self._train_loader
+        if loader is None:
             return {}
-        return {'train_loader': self._train_loader.state_dict()}
+        state = loader.state_dict()
+        trainer = self.trainer
+        if (
+            state
+            and trainer is not None
+            and (state['batches'] >= trainer.num_training_batches)
+        ):
+            # The epoch ended at limit_train_batches, short of the loader's end:
+            # a resumed run starts the next epoch.
+            state['batches'] = len(loader)
+        return {'train_loader': state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the next training loader at the position of a checkpoint.
