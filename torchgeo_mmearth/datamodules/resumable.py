@@ -85,7 +85,10 @@ class ResumableDataLoader(PackedDataLoader[T_co]):
 
     The position is exact on one device; under a DistributedSampler (which
     Lightning adds on several devices) the state is empty and a resumed run
-    starts the epoch again, as with a plain DataLoader.
+    starts the epoch again, as with a plain DataLoader. The loader cannot tell
+    that Lightning ended an epoch early (``limit_train_batches``); a checkpoint
+    taken there resumes the next epoch only through a datamodule that records
+    it (:class:`~torchgeo_mmearth.datamodules.MMEarthDataModule` does).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
