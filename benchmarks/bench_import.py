@@ -3,9 +3,9 @@
 
 Each command runs in a fresh interpreter, alternating between the commands, and the
 median wall time of ``--repeats`` runs is printed, with the plugin's figures less
-the TorchGeo baseline that a user of the same feature imports anyway
-(``import torchgeo.models`` for the models and weights, ``torchgeo --help`` for the
-command line). ``--before DIR`` adds the same figures for another checkout of this
+the baseline that a user of the same feature pays anyway (``import torchgeo`` for
+the package, creating timm's own ConvNeXt V2 atto for a registered model,
+``torchgeo --help`` for the command line). ``--before DIR`` adds the same figures for another checkout of this
 repository (e.g. a ``git worktree`` of an earlier commit), imported through
 ``PYTHONPATH``, so that before and after are measured in one run::
 
@@ -25,30 +25,44 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+MAIN = 'import sys; from torchgeo_mmearth.main import main; sys.exit(main())'
+CREATE = "timm.create_model('{}', pretrained=False)"
+
 BASELINES = {
     'import torchgeo': [sys.executable, '-c', 'import torchgeo'],
     'import torchgeo.models': [sys.executable, '-c', 'import torchgeo.models'],
+    'import timm + timm.create_model (convnextv2_atto)': [
+        sys.executable,
+        '-c',
+        'import timm; ' + CREATE.format('convnextv2_atto'),
+    ],
     'torchgeo --help': [str(BIN / 'torchgeo'), '--help'],
 }
 PLUGIN = {
     'import torchgeo_mmearth': [sys.executable, '-c', 'import torchgeo_mmearth'],
-    'torchgeo-mmearth --help': [
+    'import torchgeo + torchgeo_mmearth': [
         sys.executable,
         '-c',
-        'import sys; from torchgeo_mmearth.main import main; sys.exit(main())',
-        '--help',
+        'import torchgeo, torchgeo_mmearth',
     ],
-    'torchgeo-mmearth probe --help': [
+    'import torchgeo_mmearth + timm.create_model (mmearth_convnextv2_atto)': [
         sys.executable,
         '-c',
-        'import sys; from torchgeo_mmearth.main import main; sys.exit(main())',
-        'probe',
+        'import torchgeo_mmearth, timm; ' + CREATE.format('mmearth_convnextv2_atto'),
+    ],
+    'torchgeo-mmearth --help': [sys.executable, '-c', MAIN, '--help'],
+    'torchgeo-mmearth probe --help': [sys.executable, '-c', MAIN, 'probe', '--help'],
+    'torchgeo-mmearth export-weights --help': [
+        sys.executable,
+        '-c',
+        MAIN,
+        'export-weights',
         '--help',
     ],
     'torchgeo-mmearth build-corpus --help': [
         sys.executable,
         '-c',
-        'import sys; from torchgeo_mmearth.main import main; sys.exit(main())',
+        MAIN,
         'build-corpus',
         '--help',
     ],
@@ -94,15 +108,25 @@ def main() -> None:
     for name in PLUGIN:
         row = [f'{median[label, name]:.2f}' for label in checkouts]
         print(f'| {name} | ' + ' | '.join(row) + ' |')
-    base_import = median['torchgeo', 'import torchgeo.models']
+    base_import = median['torchgeo', 'import torchgeo']
+    base_create = median[
+        'torchgeo', 'import timm + timm.create_model (convnextv2_atto)'
+    ]
     base_help = median['torchgeo', 'torchgeo --help']
     for label in checkouts:
-        added = median[label, 'import torchgeo_mmearth'] - base_import
+        added = median[label, 'import torchgeo + torchgeo_mmearth'] - base_import
+        added_create = (
+            median[
+                label,
+                'import torchgeo_mmearth + timm.create_model (mmearth_convnextv2_atto)',
+            ]
+            - base_create
+        )
         added_help = median[label, 'torchgeo-mmearth --help'] - base_help
         print(
-            f'\n{label}: import torchgeo_mmearth adds {added:+.2f} s to import '
-            f'torchgeo.models; torchgeo-mmearth --help adds {added_help:+.2f} s to '
-            'torchgeo --help'
+            f'\n{label}: the plugin adds {added:+.2f} s to import torchgeo, '
+            f'{added_create:+.2f} s to creating a timm ConvNeXt V2 atto, and '
+            f'torchgeo-mmearth --help {added_help:+.2f} s to torchgeo --help'
         )
 
 

@@ -1,5 +1,6 @@
 """Registry work that waits for the module it fills."""
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -73,3 +74,26 @@ def test_plugin_import_leaves_torchgeo_models_alone() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == 'MMEarthConvNeXtV2'
+
+
+def test_a_probe_does_not_use_up_the_hook(package: str) -> None:
+    # importlib.util.find_spec finds without loading (how optional packages are
+    # probed); the callback still runs at the real import.
+    calls: list[ModuleType] = []
+    when_imported(package, calls.append)
+    assert importlib.util.find_spec(package) is not None
+    assert calls == [] and package not in sys.modules
+    import hooked_pkg
+
+    assert calls == [hooked_pkg]
+
+
+def test_two_hooks_on_one_module(package: str) -> None:
+    calls: list[str] = []
+    when_imported(f'{package}.api', lambda module: calls.append('first'))
+    when_imported(f'{package}.api', lambda module: calls.append('second'))
+    import hooked_pkg
+
+    assert sorted(calls) == ['first', 'second']
+    assert type(hooked_pkg.api.__loader__).__name__ == 'SourceFileLoader'
+    assert not any(type(f).__name__ == '_AfterImport' for f in sys.meta_path)

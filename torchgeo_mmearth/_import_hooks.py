@@ -1,8 +1,9 @@
 """Run registry work when the module it fills is imported, not before.
 
-``import torchgeo_mmearth`` registers the plugin's models and weights with
-TorchGeo's model API, whose import costs seconds (it loads every TorchGeo dataset
-module). Whoever uses that API imports it; until then the registration can wait.
+``import torchgeo_mmearth`` registers the plugin's models with timm and
+segmentation-models-pytorch and its weights with TorchGeo's model API, whose
+imports cost seconds. Whoever uses one of them imports it; until then the
+registration can wait.
 """
 
 import importlib.abc
@@ -35,6 +36,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def __init__(self, name: str, callback: Callable[[ModuleType], None]) -> None:
         self.name = name
         self.callback = callback
+        self.finding = False
 
     def find_spec(
         self,
@@ -42,28 +44,32 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != self.name:
+        # Not while asking the other finders (two hooks on one name would recurse).
+        if fullname != self.name or self.finding:
             return None
-        sys.meta_path.remove(self)  # once only
-        spec: importlib.machinery.ModuleSpec | None = None
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, 'find_spec', None)
-            spec = find_spec(fullname, path, target) if find_spec else None
-            if spec is not None:
-                break
+        # The hook stays until the module is loaded: importlib.util.find_spec (how
+        # Lightning and others probe optional packages) finds without loading.
+        self.finding = True
+        try:
+            spec: importlib.machinery.ModuleSpec | None = None
+            for finder in sys.meta_path:
+                find_spec = getattr(finder, 'find_spec', None)
+                spec = find_spec(fullname, path, target) if find_spec else None
+                if spec is not None:
+                    break
+        finally:
+            self.finding = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _CallbackLoader(spec.loader, self.callback)
+            spec.loader = _CallbackLoader(spec.loader, self)
         return spec
 
 
 class _CallbackLoader(importlib.abc.Loader):
     """Loads with *loader*, then calls back; the module keeps *loader*."""
 
-    def __init__(
-        self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]
-    ) -> None:
+    def __init__(self, loader: importlib.abc.Loader, hook: _AfterImport) -> None:
         self.loader = loader
-        self.callback = callback
+        self.hook = hook
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
@@ -73,4 +79,7 @@ class _CallbackLoader(importlib.abc.Loader):
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
         self.loader.exec_module(module)
-        self.callback(module)
+        # Once only; a module whose import failed is called back on the retry.
+        if self.hook in sys.meta_path:
+            sys.meta_path.remove(self.hook)
+            self.hook.callback(module)

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._atomic import atomic_path
 
 __all__ = ['export_weights', 'main']
@@ -57,6 +55,9 @@ def export_weights(
     Raises:
         ValueError: if *checkpoint* is not an MPMAETask checkpoint.
     """
+    # Imported here: the other subcommands and --help do not need torch.
+    import torch
+
     data: dict[str, Any] = torch.load(checkpoint, map_location='cpu', weights_only=True)
     hparams = data.get('hyper_parameters', {})
     if 'state_dict' not in data or 'model' not in hparams:

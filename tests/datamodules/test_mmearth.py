@@ -321,5 +321,5 @@ def test_distributed_ranks_read_their_own_share(
     assert not shares[0] & shares[1]
     for rank in (0, 1):  # Lightning re-created the packed loader with its sampler
         assert Path(tmp_path, f'loader{rank}.txt').read_text() == (
-            'PackedDataLoader DistributedSampler pack_collate'
+            'ResumableDataLoader DistributedSampler pack_collate'
         )

@@ -1,6 +1,10 @@
 import csv
 import math
+import os
+import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +232,143 @@ def test_export_interrupted_writes_nothing(
         f'torchgeo-mmearth export-weights {checkpoint} {out}'
     )
     assert list(tmp_path.iterdir()) == [checkpoint]  # no partial file either
+
+
+# Runs `torchgeo-mmearth ARGS` in a fresh interpreter that sends itself SIGINT
+# (Ctrl-C) on entering the function STOP of the module MODULE, so that the
+# KeyboardInterrupt lands wherever the function then is.
+INTERRUPTING = """
+import importlib, os, signal, sys
+from torchgeo_mmearth.main import main
+
+module = importlib.import_module(os.environ['MODULE'])
+function = getattr(module, os.environ['STOP'])
+
+def interrupting(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return function(*args, **kwargs)
+
+setattr(module, os.environ['STOP'], interrupting)
+sys.argv[0] = 'torchgeo-mmearth'
+sys.exit(main())
+"""
+
+
+def interrupt(args: list[str], module: str, stop: str) -> str:
+    """Run the command, interrupted; its exit status must be 130."""
+    result = subprocess.run(
+        [sys.executable, '-c', INTERRUPTING, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'MODULE': module, 'STOP': stop},
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ('stop', 'kept'),
+    [
+        (
+            'extract_features',
+            'no features were kept (--cache FILE keeps them for the next run)',
+        ),
+        ('evaluate_probes', 'the extracted features are kept in {cache}'),
+    ],
+)
+def test_sigint_then_resume_gives_the_uninterrupted_results(
+    tmp_path: Path, weights: Path, stop: str, kept: str
+) -> None:
+    def arguments(out: Path) -> list[str]:
+        return [
+            'probe',
+            '--data',
+            DATAMODULE,
+            '--data.dict_kwargs.size',
+            '8',
+            '--weights',
+            str(weights),
+            '--in_channels',
+            '12',
+            '--bootstrap',
+            '50',
+            '--fractions',
+            '0.5',
+            '--out',
+            str(out),
+            '--cache',
+            str(out / 'features.pt'),
+            '--device',
+            'cpu',
+            '--progress',
+            'false',
+        ]
+
+    interrupted = tmp_path / 'interrupted'
+    args = arguments(interrupted)
+    stderr = interrupt(args, 'torchgeo_mmearth.evaluation.cli', stop)
+    command = shlex.join(['torchgeo-mmearth', *args])
+    message = kept.format(cache=interrupted / 'features.pt')
+    assert stderr.strip().splitlines()[-1] == (
+        f'Interrupted: {message}. To resume: {command}'
+    )
+    assert not (interrupted / 'probe.csv').exists()
+
+    # The printed command finishes the run as an uninterrupted one would have.
+    assert main(shlex.split(command)[1:]) == 0
+    uninterrupted = tmp_path / 'uninterrupted'
+    assert main(arguments(uninterrupted)) == 0
+    results = sorted(
+        path.name for path in uninterrupted.iterdir() if path.suffix != '.pt'
+    )
+    assert results == [
+        'label_efficiency.csv',
+        'label_efficiency.md',
+        'label_efficiency.png',
+        'probe.csv',
+        'probe.md',
+        'probe.png',
+    ]
+    for name in results:
+        assert timeless(interrupted / name) == timeless(uninterrupted / name), name
+
+
+def timeless(path: Path) -> object:
+    """A results file without its wall times (the last column of the tables)."""
+    if path.suffix == '.csv':
+        return [{**row, 'seconds': ''} for row in read(path)]
+    if path.suffix == '.md':
+        return re.sub(r'\| [0-9.]+ \|$', '| |', path.read_text(), flags=re.MULTILINE)
+    return path.read_bytes()
+
+
+def test_export_sigint_then_export_again(tmp_path: Path, weights: Path) -> None:
+    checkpoint = tmp_path / 'mpmae.ckpt'
+    state = torch.load(weights, weights_only=True)
+    state['hyper_parameters'].update(in_channels=12, patch_size=8, input_size=56)
+    torch.save(state, checkpoint)
+    out = tmp_path / 'out' / 'encoder.pth'
+    out.parent.mkdir()
+    args = ['export-weights', str(checkpoint), str(out)]
+
+    # Ctrl-C while torch.save writes the file: nothing is left behind.
+    stderr = interrupt(args, 'torch', 'save')
+    command = shlex.join(['torchgeo-mmearth', *args])
+    assert stderr.strip().splitlines() == [
+        f'Interrupted: nothing was written to {out}. To export again: {command}'
+    ]
+    assert list(out.parent.iterdir()) == []
+
+    assert main(shlex.split(command)[1:]) == 0
+    reference = tmp_path / 'reference.pth'
+    assert main(['export-weights', str(checkpoint), str(reference)]) == 0
+    exported = torch.load(out, weights_only=True)
+    expected = torch.load(reference, weights_only=True)
+    assert exported['meta'] == expected['meta']
+    assert exported['hyper_parameters'] == expected['hyper_parameters']
+    assert exported['state_dict'].keys() == expected['state_dict'].keys()
+    for key, value in expected['state_dict'].items():
+        assert torch.equal(exported['state_dict'][key], value), key

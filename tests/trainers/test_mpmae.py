@@ -122,7 +122,10 @@ class TestCLI:
         assert 'fast_dev_run' in result.stderr + result.stdout
         assert 'DeprecationWarning' not in result.stderr
 
-    def test_ctrl_c_keeps_a_checkpoint_and_resumes(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize('workers', [0, 2])
+    def test_ctrl_c_keeps_a_checkpoint_and_resumes(
+        self, tmp_path: Path, workers: int
+    ) -> None:
         # A fresh `torchgeo-mmearth fit` that sends itself SIGINT (Ctrl-C) during
         # the 4th training step of the demo config (5 steps an epoch).
         interrupting = """
@@ -141,21 +144,27 @@ MPMAETask.training_step = training_step_then_interrupt
 sys.argv[0] = 'torchgeo-mmearth'
 sys.exit(main())
 """
-        args = [
-            'fit',
-            '--config',
-            str(EXAMPLES / 'mpmae_demo.yaml'),
-            '--trainer.max_epochs',
-            '2',
-            '--trainer.default_root_dir',
-            str(tmp_path),
-            '--trainer.logger',
-            'false',
-            '--trainer.enable_progress_bar',
-            'false',
-            '--data.init_args.num_workers',
-            '0',
-        ]
+
+        def fit_args(root: Path) -> list[str]:
+            return [
+                'fit',
+                '--config',
+                str(EXAMPLES / 'mpmae_demo.yaml'),
+                '--seed_everything',
+                '0',
+                '--trainer.max_epochs',
+                '2',
+                '--trainer.default_root_dir',
+                str(root),
+                '--trainer.logger',
+                'false',
+                '--trainer.enable_progress_bar',
+                'false',
+                '--data.init_args.num_workers',
+                str(workers),
+            ]
+
+        args = fit_args(tmp_path)
 
         def run(arguments: list[str], stop: int = -1, status: int = 0) -> str:
             result = subprocess.run(
@@ -185,6 +194,20 @@ sys.exit(main())
         assert f'Resumed from {saved}: continuing at epoch 0, step 4' in stderr
         last = torch.load(tmp_path / 'checkpoints' / 'last.ckpt', weights_only=False)
         assert last['global_step'] == 10  # as an uninterrupted run of 2 x 5 steps
+
+        # The same weights, bit for bit, as an uninterrupted run with the same seed:
+        # the loader resumes in the epoch's order, the masks from the saved state.
+        run(fit_args(tmp_path / 'uninterrupted'))
+        uninterrupted = torch.load(
+            tmp_path / 'uninterrupted' / 'checkpoints' / 'last.ckpt', weights_only=False
+        )
+        assert uninterrupted['state_dict'].keys() == last['state_dict'].keys()
+        different = [
+            key
+            for key, value in uninterrupted['state_dict'].items()
+            if not torch.equal(value, last['state_dict'][key])
+        ]
+        assert different == []
 
     def test_plugin_command_with_short_names(
         self, mmearth_root: Path, tmp_path: Path

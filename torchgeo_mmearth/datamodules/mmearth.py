@@ -12,6 +12,7 @@ from torchgeo.datamodules import NonGeoDataModule
 from ..datasets import MMEarth
 from ..transforms import MMEarthNormalize
 from .loaders import PackedDataLoader
+from .resumable import ResumableDataLoader, ResumableRandomSampler
 
 __all__ = ['MMEarthDataModule']
 
@@ -107,6 +108,9 @@ class MMEarthDataModule(NonGeoDataModule):
         self.normalizer: MMEarthNormalize | None = None
         # Set in setup(), once the corpus statistics and tile size are known.
         self.aug = None  # type: ignore[assignment]
+        # The training loader, and the position a resumed run gives it.
+        self._train_loader: ResumableDataLoader[dict[str, Any]] | None = None
+        self._train_loader_state: dict[str, int] | None = None
 
     def setup(self, stage: str) -> None:
         """Set up datasets and the on-device augmentations.
@@ -155,7 +159,10 @@ class MMEarthDataModule(NonGeoDataModule):
 
         The loader is a
         :class:`~torchgeo_mmearth.datamodules.loaders.PackedDataLoader`: with
-        workers, each batch crosses to the main process as one buffer.
+        workers, each batch crosses to the main process as one buffer. The
+        training loader is a
+        :class:`~torchgeo_mmearth.datamodules.resumable.ResumableDataLoader`,
+        which Lightning's checkpoints resume mid-epoch.
 
         Args:
             split: 'train', 'val', 'test' or 'predict'.
@@ -163,16 +170,68 @@ class MMEarthDataModule(NonGeoDataModule):
         Returns:
             The DataLoader of *split*.
         """
-        return PackedDataLoader(
-            dataset=self._valid_attribute(f'{split}_dataset', 'dataset'),
+        dataset = self._valid_attribute(f'{split}_dataset', 'dataset')
+        train = split == 'train'
+        # Training shuffles by a seed and the epoch, and resumes mid-epoch from a
+        # checkpoint in the order an uninterrupted run would have taken.
+        loader: DataLoader[dict[str, Any]] = (
+            ResumableDataLoader if train else PackedDataLoader
+        )(
+            dataset=dataset,
             batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),
-            shuffle=split == 'train',
+            sampler=ResumableRandomSampler(dataset) if train else None,
+            # Workers' seeds not from torch's global generator, which draws the
+            # masks: a resumed run starts the persistent validation workers later
+            # than an uninterrupted run (after, not in, the sanity check).
+            generator=None if train else torch.Generator(),
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
-            drop_last=split == 'train',
+            drop_last=train,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
+        if isinstance(loader, ResumableDataLoader):
+            if self._train_loader_state is not None:
+                loader.load_state_dict(self._train_loader_state)
+                self._train_loader_state = None
+            self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position in its epoch, saved in checkpoints.
+
+        Lightning saves the loader's own state too, but restores it only into a
+        loader made after the loops' state is restored, and a task that reads
+        ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (as
+        :class:`~torchgeo_mmearth.trainers.MPMAETask` does) makes it before; the
+        datamodule's state is restored before either, and it knows when an epoch
+        cut short by ``limit_train_batches`` has ended.
+
+        Returns:
+            The state of the training loader, if one was made.
+        """
+        loader = self._train_loader
+        if loader is None:
+            return {}
+        state = loader.state_dict()
+        trainer = self.trainer
+        if (
+            state
+            and trainer is not None
+            and (state['batches'] >= trainer.num_training_batches)
+        ):
+            # The epoch ended at limit_train_batches, short of the loader's end:
+            # a resumed run starts the next epoch.
+            state['batches'] = len(loader)
+        return {'train_loader': state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the next training loader at the position of a checkpoint.
+
+        Args:
+            state_dict: a state returned by :meth:`state_dict`.
+        """
+        self._train_loader_state = state_dict.get('train_loader')
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         """Return the validation loader, or none when there is no validation split.

@@ -44,16 +44,21 @@ from .report import (
 __all__ = ['build_parser', 'main']
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(short_names: bool = True) -> ArgumentParser:
     """The argument parser of ``probe``.
+
+    Args:
+        short_names: import TorchGeo's and the plugin's datamodules (seconds), so
+            that ``--data`` takes their class names; the help text needs none.
 
     Returns:
         The parser.
     """
-    # Short class names (--data EuroSATDataModule) resolve for imported classes.
-    import torchgeo.datamodules  # noqa: F401
+    if short_names:
+        # Short class names (--data EuroSATDataModule) resolve for imported classes.
+        import torchgeo.datamodules  # noqa: F401
 
-    from .. import datamodules  # noqa: F401
+        from .. import datamodules  # noqa: F401
 
     parser = ArgumentParser(
         prog='torchgeo-mmearth probe',
@@ -253,8 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    parser = build_parser()
     arguments = list(sys.argv[2:] if argv is None else argv)
+    # Plain --help resolves no class name: it need not import every datamodule.
+    help_only = bool({'-h', '--help'} & set(arguments)) and not any(
+        argument.startswith(('--data', '--config')) for argument in arguments
+    )
+    parser = build_parser(short_names=not help_only)
     cfg = parser.parse_args(arguments)
     try:
         return _probe(parser, cfg)

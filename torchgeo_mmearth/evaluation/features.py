@@ -20,6 +20,7 @@ normalisation on the device, as in ``trainer.validate``/``trainer.test``.
 """
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,7 +38,6 @@ from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from .._atomic import atomic_path
-from .._compat import load_state_dict as torchgeo_load_state_dict
 from ..models import weights_state_dict
 
 __all__ = [
@@ -271,6 +271,8 @@ def _load_weights(backbone: nn.Module, weights: Any) -> None:
             f'({type(backbone).__name__}) lacks, e.g. {unexpected[:5]}: they are '
             'for another architecture'
         )
+    from .._compat import load_state_dict as torchgeo_load_state_dict
+
     try:
         # TorchGeo's loader: re-initialises the first convolution (with a
         # warning) when the number of input bands differs.
@@ -569,7 +571,7 @@ def extract_features(
             'class': type(backbone).__name__,
             'parameters': sum(p.numel() for p in parameters),
             # Tells other weights apart (for the cache) at the cost of one pass.
-            'checksum': sum(float(p.double().abs().sum()) for p in parameters),
+            'checksum': _checksum(parameters),
             **(description or {}),
         },
         'datamodule': _datamodule_description(datamodule),
@@ -611,3 +613,17 @@ def extract_features(
     if cache is not None:
         features.save(cache)
     return features
+
+
+def _checksum(parameters: Sequence[Tensor]) -> str:
+    """A digest of the parameters' bytes.
+
+    Exact, unlike a floating-point sum of the parameters, whose last digits change
+    with the reduction order (threads, vector width) between processes: a resumed
+    ``probe`` would refuse the features that it cached itself.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for parameter in parameters:
+        flat = parameter.detach().cpu().contiguous().flatten()
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -3,6 +3,7 @@
 from .callbacks import CheckpointOnInterrupt
 from .classification import MMEarthClassificationTask
 from .mpmae import MPMAETask
+from .rng import RandomStateCheckpoint
 from .segmentation import MMEarthSemanticSegmentationTask
 
 __all__ = (
@@ -10,4 +11,5 @@ __all__ = (
     'MMEarthClassificationTask',
     'MMEarthSemanticSegmentationTask',
     'MPMAETask',
+    'RandomStateCheckpoint',
 )

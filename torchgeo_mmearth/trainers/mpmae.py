@@ -28,6 +28,7 @@ from .plotting import (
     plot_training_progress,
     reconstruction_panels,
 )
+from .rng import RandomStateCheckpoint
 
 __all__ = ['MPMAETask', 'plot_reconstruction']
 
@@ -240,12 +241,13 @@ class MPMAETask(BaseTask):
             self._log_figure(batch, output, 'val')
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Ctrl-C keeps a checkpoint and prints the command that resumes from it.
+        """Ctrl-C keeps a checkpoint; a resumed run draws the masks of an uninterrupted one.
 
         Returns:
-            :class:`~torchgeo_mmearth.trainers.CheckpointOnInterrupt`.
+            :class:`~torchgeo_mmearth.trainers.CheckpointOnInterrupt` and
+            :class:`~torchgeo_mmearth.trainers.RandomStateCheckpoint`.
         """
-        return [CheckpointOnInterrupt()]
+        return [CheckpointOnInterrupt(), RandomStateCheckpoint()]
 
     def on_train_epoch_end(self) -> None:
         """Record the mean training loss of the epoch."""
