@@ -91,3 +91,48 @@ def test_class_maps_and_passthrough() -> None:
 def test_statistics_errors(band_stats: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MMEarthNormalize(band_stats, {'aster': ['elevation']})
+
+
+def test_sentinel2_of_other_datasets_is_the_same_transform() -> None:
+    # MMEarthS2Normalize is MMEarthNormalize set up for one entry of any dataset:
+    # bands by any spelling, a default level, no-data z-scored like any value.
+    from torchgeo_mmearth.transforms import MMEarthS2Normalize
+
+    x = torch.randint(0, 3000, (2, 3, 2, 2), dtype=torch.int16)
+    general = MMEarthNormalize(
+        stats(),
+        {'sentinel2': ['B02', 'S2_B3', 'b8a']},
+        keys={'sentinel2': 'image'},
+        level='l1c',
+        mask_nodata=False,
+    )
+    s2 = MMEarthS2Normalize(['B2', 'B3', 'B8A'], band_stats=stats(), level='l1c')
+    assert isinstance(s2, MMEarthNormalize)
+    assert general.modality_bands == {'sentinel2': ('B2', 'B3', 'B8A')}
+    out = general({'image': x})['image']
+    torch.testing.assert_close(out, s2({'image': x})['image'])
+    torch.testing.assert_close(out, (x.float() - 1000) / 100)
+    assert not out.isnan().any()  # 0 is a value here, not no-data
+
+
+def test_time_series_and_channel_errors() -> None:
+    normalize = MMEarthNormalize(stats(), {'sentinel2': ['B2']})
+    series = torch.tensor([1100, 600], dtype=torch.uint16).reshape(2, 1, 1, 1, 1)
+    series = series.expand(2, 3, 1, 1, 1)  # (B, T, C, H, W)
+    out = normalize({'image_sentinel2': series, 's2_type': torch.tensor([0, 1])})
+    expected = torch.tensor([[1.0] * 3, [2.0] * 3])
+    torch.testing.assert_close(out['image_sentinel2'][:, :, 0, 0, 0], expected)
+    with pytest.raises(ValueError, match=r"'image_sentinel2' must have 1 channels"):
+        normalize({'image_sentinel2': torch.ones(2, 1, 1), 's2_type': 0})
+
+
+def test_missing_level_statistics() -> None:
+    only_l2a = {'sentinel2_l2a': stats()['sentinel2_l2a']}
+    normalize = MMEarthNormalize(only_l2a, {'sentinel2': ['B2']})
+    x = torch.full((2, 1, 1, 1), 550, dtype=torch.uint16)
+    out = normalize({'image_sentinel2': x, 's2_type': torch.tensor([1, 1])})
+    torch.testing.assert_close(out['image_sentinel2'].flatten(), torch.ones(2))
+    with pytest.raises(ValueError, match=r"statistics have \['l2a'\] only"):
+        normalize({'image_sentinel2': x, 's2_type': torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="none of \\['sentinel2_l1c'"):
+        MMEarthNormalize({'aster': stats()['aster']}, {'sentinel2': ['B2']})

@@ -1,13 +1,11 @@
 """Normalisation of raw MMEarth samples and of other datasets' Sentinel-2, on any device.
 
-Both transforms z-score with the corpus band statistics
-(:mod:`torchgeo_mmearth.modalities.statistics`), per tile with the statistics of
-its Sentinel-2 processing level:
-
-* :class:`MMEarthNormalize` turns every modality of a raw MMEarth sample into
-  model-ready tensors (no-data to NaN, class codes to indices), for pretraining;
-* :class:`MMEarthS2Normalize` z-scores the Sentinel-2 bands of any dataset,
-  matched by band name, as the released checkpoints expect their inputs.
+One transform, :class:`MMEarthNormalize`, z-scores every continuous modality with
+the corpus band statistics (:mod:`torchgeo_mmearth.modalities.statistics`), per
+tile with the statistics of its Sentinel-2 processing level, and turns class maps
+into class indices. :class:`MMEarthS2Normalize` is the same transform set up for
+the Sentinel-2 bands of any dataset, matched by band name, as the released
+checkpoints expect their inputs.
 """
 
 import math
@@ -41,51 +39,134 @@ class MMEarthNormalize(nn.Module):
     """Turn raw MMEarth samples or batches into model-ready tensors.
 
     Works on the raw dtypes the :class:`~torchgeo_mmearth.datasets.MMEarth` reader
-    returns (``normalize=False``), one sample or a collated batch, on the CPU or on
-    the device after transfer (the datamodule runs it in ``on_after_batch_transfer``):
+    returns, one sample or a collated batch, on the CPU or on the device after
+    transfer (the datamodule runs it in ``on_after_batch_transfer``):
 
-    * continuous modalities: every no-data value (see
-      :mod:`torchgeo_mmearth.modalities`) becomes NaN *before* the z-score with the
-      corpus band statistics; Sentinel-2 uses the L1C or L2A statistics of each
-      tile (the ``s2_type`` entry of the sample);
+    * continuous modalities: z-score with the corpus band statistics; Sentinel-2
+      uses the L1C or L2A statistics of each tile (the ``s2_type`` entry of the
+      sample: 0 or ``'l1c'`` = L1C, 1 or ``'l2a'`` = L2A, one per sample in a
+      batch; *level* for samples without one). With *mask_nodata*, every no-data
+      value (see :mod:`torchgeo_mmearth.modalities`) becomes NaN first, and a band
+      without statistics (L2A B10, all zero) is all NaN;
     * class maps: stored codes become class indices (int64), anything outside the
       legend becomes :data:`~torchgeo_mmearth.modalities.IGNORE_INDEX`;
     * image-level classes (already indices) and other entries pass through.
 
     The statistics live in buffers and follow the input to its device on first use,
     since Lightning does not move a datamodule's transforms.
+
+    If you use this transform in your research, please cite the following paper:
+
+    * https://arxiv.org/abs/2405.02771
     """
 
     def __init__(
-        self, band_stats: BandStats, modality_bands: Mapping[str, Sequence[str]]
+        self,
+        band_stats: BandStats | str | os.PathLike[str] | None,
+        modality_bands: Mapping[str, Sequence[str]],
+        *,
+        keys: Mapping[str, str] | None = None,
+        level: str | None = None,
+        mask_nodata: bool = True,
+        scale: float = 1.0,
     ) -> None:
         """Initialize a new MMEarthNormalize instance.
 
         Args:
-            band_stats: the corpus band statistics.
+            band_stats: the corpus band statistics, or the path of a
+                ``<corpus>_band_stats.json``; None for
+                :data:`~torchgeo_mmearth.modalities.MMEARTH_S2_BAND_STATS`.
             modality_bands: bands per modality, in sample order (as given to the
-                dataset).
+                dataset); Sentinel-2 bands in any spelling
+                :func:`~torchgeo_mmearth.modalities.canonical_band_name` reads.
+            keys: the sample entry of a modality, where it is not the modality's
+                own key (``{'sentinel2': 'image'}`` for other datasets).
+            level: ``'l1c'`` or ``'l2a'``: the processing level of Sentinel-2
+                inputs without an ``s2_type`` entry; None to require the entry.
+            mask_nodata: turn no-data values, and bands without statistics, into
+                NaN; without it, every value is z-scored as it is (how the released
+                checkpoints were pretrained) and a band without statistics is an
+                error.
+            scale: factor applied to continuous inputs first, e.g. 10 000 for
+                reflectances in [0, 1] (So2Sat).
 
         Raises:
-            ValueError: if a statistics entry is missing or has the wrong number
-                of bands.
+            ValueError: for an unknown level or Sentinel-2 band, or statistics that
+                lack an entry or a band.
+            TypeError: if a modality's bands are a string.
         """
         super().__init__()
-        self.modality_bands = {name: tuple(b) for name, b in modality_bands.items()}
-        for name, bands in self.modality_bands.items():
+        if level is not None and level not in S2_TYPES:
+            raise ValueError(f'level must be one of {S2_TYPES} or None, got {level!r}')
+        band_stats = read_band_stats(
+            MMEARTH_S2_BAND_STATS if band_stats is None else band_stats
+        )
+        self.modality_bands: dict[str, tuple[str, ...]] = {}
+        self.keys = {name: MODALITIES[name].key for name in modality_bands}
+        self.keys.update(keys or {})
+        self.level = level
+        self.mask_nodata = mask_nodata
+        self.scale = scale
+        #: Rows of the statistics each modality has (S2_TYPES order for Sentinel-2).
+        self._rows: dict[str, tuple[int, ...]] = {}
+        for name, bands in modality_bands.items():
+            if isinstance(bands, str):
+                raise TypeError(
+                    f'the bands of {name} must be a sequence of band names, '
+                    f'got {bands!r}'
+                )
+            if name == 'sentinel2':
+                bands = [canonical_band_name(band) for band in bands]
+            self.modality_bands[name] = tuple(bands)
             modality = MODALITIES[name]
             if modality.kind is Kind.CONTINUOUS:
-                mean, std = _select_stats(band_stats, name, bands)
+                mean, std = self._statistics(band_stats, name)
+                self.register_buffer(f'mean_{name}', mean, persistent=False)
+                self.register_buffer(f'std_{name}', std, persistent=False)
                 # z = x * scale + shift, one fused multiply-add per value
-                self.register_buffer(f'scale_{name}', 1 / std, persistent=False)
+                self.register_buffer(f'scale_{name}', scale / std, persistent=False)
                 self.register_buffer(f'shift_{name}', -mean / std, persistent=False)
             elif modality.level is Level.PIXEL:
                 self.register_buffer(
                     f'lut_{name}', _class_lut(modality), persistent=False
                 )
 
+    def _statistics(self, band_stats: BandStats, name: str) -> tuple[Tensor, Tensor]:
+        """Mean and std of the modality's bands, one row per statistics key."""
+        modality, bands = MODALITIES[name], self.modality_bands[name]
+        stats_keys = modality.stats_keys
+        present = [i for i, key in enumerate(stats_keys) if key in band_stats]
+        if len(stats_keys) > 1 and not present:
+            raise ValueError(
+                f'band statistics have none of {list(stats_keys)}; entries present: '
+                f'{sorted(band_stats)}'
+            )
+        if len(stats_keys) == 1:
+            present = [0]  # band_statistics names a missing entry
+        level = self.level
+        if name == 'sentinel2' and level and S2_TYPES.index(level) not in present:
+            raise ValueError(
+                f"level={level!r}, but the band statistics have no 'sentinel2_{level}' "
+                'entry'
+            )
+        self._rows[name] = tuple(present)
+        mean = torch.full((len(stats_keys), len(bands)), math.nan)
+        std = torch.full((len(stats_keys), len(bands)), math.nan)
+        for row in present:
+            entry = band_statistics(band_stats, stats_keys[row], name)
+            for column, band in enumerate(bands):
+                m, s = entry.get(band, (math.nan, math.nan))
+                if math.isfinite(m) and math.isfinite(s) and s > 0:
+                    mean[row, column], std[row, column] = m, s
+                elif not self.mask_nodata:
+                    raise ValueError(
+                        f'the {stats_keys[row]} band statistics have no usable mean '
+                        f'and std for {band}'
+                    )
+        return mean, std
+
     def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Normalise one sample (``(C, H, W)`` maps) or one batch (``(B, C, H, W)``).
+        """Normalise one sample (``(..., C, H, W)`` maps) or one batch.
 
         Args:
             sample: raw sample or batch; modalities not selected at construction and
@@ -93,12 +174,17 @@ class MMEarthNormalize(nn.Module):
 
         Returns:
             A new dictionary with the normalised modalities.
+
+        Raises:
+            ValueError: if a modality does not have one channel per band, or a
+                sample's level has no statistics.
+            KeyError: if Sentinel-2 comes without ``s2_type`` and *level* is None.
         """
         out = dict(sample)
         self._follow(sample)
         for name in self.modality_bands:
             modality = MODALITIES[name]
-            key = modality.key
+            key = self.keys[name]
             if key not in sample:
                 continue
             x: Tensor = sample[key]
@@ -118,26 +204,35 @@ class MMEarthNormalize(nn.Module):
         if device is not None and buffer is not None and buffer.device != device:
             self.to(device)
 
-    def _zscore(self, name: str, x: Tensor, s2_type: Tensor | None) -> Tensor:
-        modality = MODALITIES[name]
+    def _zscore(self, name: str, x: Tensor, s2_type: Any) -> Tensor:
+        modality, bands = MODALITIES[name], self.modality_bands[name]
+        spatial = 2 if modality.level is Level.PIXEL else 0
+        channel_dim = -1 - spatial
+        if x.ndim < 1 + spatial or x.shape[channel_dim] != len(bands):
+            raise ValueError(
+                f'{self.keys[name]!r} must have {len(bands)} channels '
+                f'({list(bands)}) at dimension {channel_dim}, got shape '
+                f'{tuple(x.shape)}'
+            )
         scale: Tensor = getattr(self, f'scale_{name}')
         shift: Tensor = getattr(self, f'shift_{name}')
         if len(modality.stats_keys) > 1:
-            if s2_type is None:
-                raise KeyError(
-                    f'{name} needs the per-tile statistics index "s2_type" '
-                    '(0 = L1C, 1 = L2A) in the sample'
-                )
-            index = s2_type.to(device=x.device, dtype=torch.long)
+            index = self._level_index(name, s2_type, x.device)
         else:
             index = torch.zeros((), dtype=torch.long, device=x.device)
         scale, shift = scale[index], shift[index]  # (C,) or (B, C)
-        if modality.level is Level.PIXEL:
-            scale, shift = scale[..., None, None], shift[..., None, None]
+        # (B, C) against (B, [T,] C, H, W): the batch first, the channels before
+        # the spatial dimensions.
+        fill = x.ndim - spatial - scale.ndim
+        shape = (*scale.shape[:-1], *(1,) * fill, len(bands), *(1,) * spatial)
+        scale, shift = scale.reshape(shape), shift.reshape(shape)
 
+        values = x.to(torch.float32)
+        out = torch.addcmul(shift, values, scale)
+        if not self.mask_nodata:
+            return out
         # No-data is found on the stored values (exact in float32 for every stored
         # integer type), before the z-score.
-        values = x.to(torch.float32)
         low, high = modality.valid_range
         invalid = ~torch.isfinite(values) if x.is_floating_point() else None
         for bound, outside in ((low, torch.lt), (high, torch.gt)):
@@ -146,31 +241,43 @@ class MMEarthNormalize(nn.Module):
             if not math.isinf(bound):
                 hit = outside(values, bound)
                 invalid = hit if invalid is None else invalid | hit
-        out = torch.addcmul(shift, values, scale)
         if invalid is None:
             return out
         return out.masked_fill_(invalid, torch.nan)
 
-
-def _select_stats(
-    band_stats: BandStats, name: str, bands: Sequence[str]
-) -> tuple[Tensor, Tensor]:
-    """Mean and std of *bands*, stacked over the modality's statistics keys."""
-    means, stds = [], []
-    for stats_key in MODALITIES[name].stats_keys:
-        entry = band_statistics(band_stats, stats_key, name)
-        stats = torch.tensor(
-            [entry.get(band, (math.nan, math.nan)) for band in bands],
-            dtype=torch.float32,
-        )
-        mean, std = stats.unbind(dim=1)
-        # A band without statistics (L2A B10 is all zero, so its entry is NaN) has
-        # no valid value: it normalises to NaN, i.e. no-data.
-        unusable = ~torch.isfinite(mean) | ~torch.isfinite(std) | (std <= 0)
-        mean[unusable] = torch.nan
-        means.append(mean)
-        stds.append(std)
-    return torch.stack(means), torch.stack(stds)
+    def _level_index(self, name: str, s2_type: Any, device: torch.device) -> Tensor:
+        """Row of the statistics of each sample: 0 = L1C, 1 = L2A."""
+        if s2_type is None:
+            if self.level is None:
+                raise KeyError(
+                    f"{name}: the sample has no 's2_type' (0 = L1C, 1 = L2A) and no "
+                    "default level was given: build the transform with level='l1c' "
+                    "or 'l2a'"
+                )
+            s2_type = self.level
+        if isinstance(s2_type, str) or (
+            isinstance(s2_type, Sequence) and all(isinstance(t, str) for t in s2_type)
+        ):
+            names = [s2_type] if isinstance(s2_type, str) else list(s2_type)
+            unknown = [level for level in names if level.lower() not in S2_TYPES]
+            if unknown:
+                raise ValueError(f's2_type must be in {S2_TYPES}, got {unknown}')
+            rows = [S2_TYPES.index(level.lower()) for level in names]
+            index = torch.tensor(rows[0] if isinstance(s2_type, str) else rows)
+        else:
+            index = torch.as_tensor(s2_type).long()
+        index = index.to(device)
+        present = self._rows[name]
+        # Checked only when a level lacks statistics: the check syncs with the GPU.
+        if len(present) < len(S2_TYPES):
+            available = torch.tensor(present, device=device)
+            if not bool(torch.isin(index, available).all()):
+                levels = [S2_TYPES[row] for row in present]
+                raise ValueError(
+                    'a sample has a processing level without band statistics; the '
+                    f'statistics have {levels} only'
+                )
+        return index
 
 
 def _always_holds(
@@ -188,31 +295,27 @@ def _class_lut(modality: Modality) -> Tensor:
     return lut
 
 
-class MMEarthS2Normalize(nn.Module):
-    """Z-score raw Sentinel-2 digital numbers with the MMEarth statistics.
+class MMEarthS2Normalize(MMEarthNormalize):
+    """Z-score raw Sentinel-2 digital numbers of any dataset with the MMEarth statistics.
 
-    MMEarth normalises each tile with the statistics of its processing level
-    (L1C top-of-atmosphere or L2A surface reflectance, whose value
-    distributions differ). The level of each sample comes from its ``s2_type``
-    entry (0 or ``'l1c'`` = L1C, 1 or ``'l2a'`` = L2A; one per sample in a batch),
-    as :class:`~torchgeo_mmearth.datasets.MMEarth` samples carry it, or else
-    from *level*.
+    :class:`MMEarthNormalize` for one entry (``sample[key]``, shape
+    (..., C, H, W)) of Sentinel-2 bands matched by name. MMEarth normalises each
+    tile with the statistics of its processing level (L1C top-of-atmosphere or L2A
+    surface reflectance, whose value distributions differ): the level of each sample
+    comes from its ``s2_type`` entry (0 or ``'l1c'`` = L1C, 1 or ``'l2a'`` = L2A; one
+    per sample in a batch), as :class:`~torchgeo_mmearth.datasets.MMEarth` samples
+    carry it, or else from *level*.
 
     The released checkpoints were pretrained on inputs normalised this way with
-    no-data (digital number 0) z-scored like any value, so no-data is not
-    treated specially here either.
-
-    Acts on ``sample[key]`` of shape (..., C, H, W), one sample or a batch, on
-    any device (the statistics follow the input), so it can serve as (part of) a
-    TorchGeo datamodule's ``aug``. Outputs are float32.
+    no-data (digital number 0) z-scored like any value, so no-data is not treated
+    specially here either. Works on any device (the statistics follow the input),
+    so it can serve as (part of) a TorchGeo datamodule's ``aug``. Outputs are
+    float32.
 
     If you use this transform in your research, please cite the following paper:
 
     * https://arxiv.org/abs/2405.02771
     """
-
-    mean: Tensor
-    std: Tensor
 
     def __init__(
         self,
@@ -240,114 +343,28 @@ class MMEarthS2Normalize(nn.Module):
         Raises:
             ValueError: for an unknown level or band, or statistics that lack a
                 band.
+            TypeError: if *bands* is a string.
         """
-        super().__init__()
-        if level is not None and level not in S2_TYPES:
-            raise ValueError(f'level must be one of {S2_TYPES} or None, got {level!r}')
-        if isinstance(bands, str):
-            raise TypeError(f'bands must be a sequence of band names, got {bands!r}')
-        band_stats = read_band_stats(band_stats or MMEARTH_S2_BAND_STATS)
-        table = {
-            name: band_statistics(band_stats, f'sentinel2_{name}', 'sentinel2')
-            for name in S2_TYPES
-            if f'sentinel2_{name}' in band_stats
-        }
-        if not table:
-            raise ValueError(
-                "band statistics have neither 'sentinel2_l1c' nor 'sentinel2_l2a'; "
-                f'entries present: {sorted(band_stats)}'
-            )
-        self.bands = tuple(canonical_band_name(band) for band in bands)
-        self.levels = tuple(level for level in S2_TYPES if level in table)
-        if level is not None and level not in self.levels:
-            raise ValueError(
-                f'level={level!r}, but the band statistics have no '
-                f"'sentinel2_{level}' entry"
-            )
-        mean = torch.full((len(S2_TYPES), len(self.bands)), torch.nan)
-        std = torch.full((len(S2_TYPES), len(self.bands)), torch.nan)
-        for row, name in enumerate(S2_TYPES):
-            for column, band in enumerate(self.bands):
-                if name not in table:
-                    continue
-                m, s = table[name].get(band, (float('nan'), float('nan')))
-                if not (math.isfinite(m) and s > 0):  # missing, NaN (L2A B10), std 0
-                    raise ValueError(
-                        f'the {name.upper()} band statistics have no usable mean '
-                        f'and std for {band}'
-                    )
-                mean[row, column], std[row, column] = m, s
-        self.register_buffer('mean', mean, persistent=False)
-        self.register_buffer('std', std, persistent=False)
-        self.level = level
+        super().__init__(
+            band_stats,
+            {'sentinel2': bands},
+            keys={'sentinel2': key},
+            level=level,
+            mask_nodata=False,
+            scale=scale,
+        )
+        self.bands = self.modality_bands['sentinel2']
         self.key = key
-        self.scale = scale
 
-    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Normalise ``sample[key]``.
+    @property
+    def mean(self) -> Tensor:
+        """Mean of each band (columns) for L1C and L2A (rows; NaN where absent)."""
+        return self.get_buffer('mean_sentinel2')
 
-        Args:
-            sample: a sample or batch; ``s2_type`` (if present) gives the level of
-                each sample.
-
-        Returns:
-            A new dictionary with the normalised entry.
-
-        Raises:
-            ValueError: if the entry does not have one channel per band, or a
-                sample's level has no statistics.
-            KeyError: if a sample has no ``s2_type`` and *level* is None.
-        """
-        x: Tensor = sample[self.key]
-        channels = len(self.bands)
-        if x.ndim < 3 or x.shape[-3] != channels:
-            raise ValueError(
-                f'{self.key!r} must have {channels} channels ({list(self.bands)}) at '
-                f'dimension -3, got shape {tuple(x.shape)}'
-            )
-        if self.mean.device != x.device:
-            self.to(x.device)
-        row = self._level_index(sample.get('s2_type'), x.device)
-        mean, std = self.mean[row], self.std[row]  # (C,) or (B, C)
-        shape = (*mean.shape[:-1], *(1,) * (x.ndim - 2 - mean.ndim), channels, 1, 1)
-        values = x.to(torch.float32)
-        if self.scale != 1.0:
-            values = values * self.scale
-        out = dict(sample)
-        out[self.key] = (values - mean.reshape(shape)) / std.reshape(shape)
-        return out
-
-    def _level_index(self, s2_type: Any, device: torch.device) -> Tensor:
-        """Row of the statistics of each sample: 0 = L1C, 1 = L2A."""
-        if s2_type is None:
-            if self.level is None:
-                raise KeyError(
-                    "the sample has no 's2_type' (0 = L1C, 1 = L2A) and no default "
-                    "level was given: build the transform with level='l1c' or 'l2a'"
-                )
-            s2_type = self.level
-        if isinstance(s2_type, str) or (
-            isinstance(s2_type, Sequence) and all(isinstance(t, str) for t in s2_type)
-        ):
-            names = [s2_type] if isinstance(s2_type, str) else list(s2_type)
-            unknown = [name for name in names if name.lower() not in S2_TYPES]
-            if unknown:
-                raise ValueError(f's2_type must be in {S2_TYPES}, got {unknown}')
-            rows = [S2_TYPES.index(name.lower()) for name in names]
-            index = torch.tensor(rows[0] if isinstance(s2_type, str) else rows)
-        else:
-            index = torch.as_tensor(s2_type).long()
-        index = index.to(device)
-        if len(self.levels) < len(S2_TYPES):
-            available = torch.tensor(
-                [S2_TYPES.index(level) for level in self.levels], device=device
-            )
-            if not bool(torch.isin(index, available).all()):
-                raise ValueError(
-                    'a sample has a processing level without band statistics; the '
-                    f'statistics have {list(self.levels)} only'
-                )
-        return index
+    @property
+    def std(self) -> Tensor:
+        """Standard deviation of each band, laid out as :attr:`mean`."""
+        return self.get_buffer('std_sentinel2')
 
     def extra_repr(self) -> str:
         """Describe the transform."""
