@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import h5py
-import numpy as np
 import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
@@ -15,6 +14,7 @@ from torchgeo.datasets import NonGeoDataset, RGBBandsMissingError
 
 from ..modalities import SENTINEL2_INPUT_BANDS, band_statistics
 from .mmearth import MMEarth
+from .utils import percentile_stretch
 
 __all__ = ['BigEarthNetDemo']
 
@@ -151,9 +151,9 @@ class BigEarthNetDemo(NonGeoDataset):
         if not {'B4', 'B3', 'B2'} <= set(self.bands):
             raise RGBBandsMissingError()
         rgb = [self.bands.index(band) for band in ('B4', 'B3', 'B2')]
-        image = sample['image'][rgb].permute(1, 2, 0).float().numpy()
-        low, high = np.nanpercentile(image, (2, 98))
-        image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+        image = percentile_stretch(
+            sample['image'][rgb].permute(1, 2, 0).float().numpy()
+        )
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.imshow(image)
         ax.axis('off')
