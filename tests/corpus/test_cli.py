@@ -183,6 +183,9 @@ def test_bigearthnet_layout(
 # the builder reaches location STOP, wherever in Python or rasterio that lands.
 INTERRUPTING = """
 import os, signal, sys
+# Ctrl-C as in a terminal, also when the suite runs as a background job
+# (whose children inherit SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchgeo_mmearth.corpus import builder
 from torchgeo_mmearth.corpus.cli import main
 

@@ -239,6 +239,9 @@ def test_export_interrupted_writes_nothing(
 # KeyboardInterrupt lands wherever the function then is.
 INTERRUPTING = """
 import importlib, os, signal, sys
+# Ctrl-C as in a terminal, also when the suite runs as a background job
+# (whose children inherit SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchgeo_mmearth.main import main
 
 module = importlib.import_module(os.environ['MODULE'])

@@ -130,6 +130,9 @@ class TestCLI:
         # the 4th training step of the demo config (5 steps an epoch).
         interrupting = """
 import os, signal, sys
+# Ctrl-C as in a terminal, also when the suite runs as a background job
+# (whose children inherit SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchgeo_mmearth.main import main
 from torchgeo_mmearth.trainers import MPMAETask
 
