@@ -19,6 +19,7 @@ from .builder import (
 )
 from .geotiff import GeoTiffSource
 from .grid import TileGrid
+from .shards import ShardReport, shard_corpus
 from .locations import (
     Location,
     grid_locations,
@@ -54,6 +55,7 @@ __all__ = (
     'ModalityCoverage',
     'ModalitySource',
     'Scene',
+    'ShardReport',
     'TileGrid',
     'TorchGeoSource',
     'as_source',
@@ -66,4 +68,5 @@ __all__ = (
     'locations_from_sampler',
     'orbit_from_time',
     'resolve_locations',
+    'shard_corpus',
 )
