@@ -190,6 +190,10 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         options: dict[str, Any] = {}
         if storage_options:
             options['storage_options'] = dict(storage_options)
+        self._allow_http = str(
+            (storage_options or {}).get('endpoint_url', '')
+        ).startswith('http://')
+        _allow_plain_http(self._allow_http)
         super().__init__(
             split_dir,
             cache_dir=cache_dir,
@@ -207,6 +211,15 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         self.manifest = manifest
         self.transforms = transforms
         self._plan = _sample_plan(self.modality_bands)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle in a DataLoader worker started by spawn.
+
+        Args:
+            state: the pickled state.
+        """
+        self.__dict__.update(state)
+        _allow_plain_http(state.get('_allow_http', False))
 
     @property
     def normalizer(self) -> MMEarthNormalize:
@@ -254,3 +267,20 @@ def _array(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.numpy()
     return np.asarray(value)
+
+
+def _allow_plain_http(allow: bool) -> None:
+    """Let litdata's obstore downloads use an ``http://`` S3-compatible endpoint.
+
+    litdata 0.2.76 builds obstore's ``S3Store`` from the boto3 client's endpoint
+    but not its scheme, and obstore refuses plain HTTP ("builder error") unless
+    the client options allow it: a local MinIO or test server on ``http://``
+    needs this.
+    """
+    if not allow:
+        return
+    from litdata.streaming import downloader
+
+    options = getattr(downloader, '_OBSTORE_CLIENT_OPTIONS', None)
+    if isinstance(options, dict):
+        options['allow_http'] = True
