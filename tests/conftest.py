@@ -55,7 +55,9 @@ def torch_hub(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope='session')
-def mmearth_shards(mmearth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mmearth_shards(
+    mmearth_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The MMEarth64 test corpus as litdata shards (every modality and split)."""
     from torchgeo_mmearth.corpus import shard_corpus
 

@@ -18,7 +18,9 @@ def test_cli_reports_and_never_overwrites_unless_asked(
     assert main([*args, '--compression', 'none']) == 0
     report = capsys.readouterr().out
     h5 = mmearth_root / 'data_1M_v001_64' / 'data_1M_v001_64.h5'
-    assert f'bytes on disk: {folder_bytes(out):,} (HDF5: {h5.stat().st_size:,}' in report
+    assert (
+        f'bytes on disk: {folder_bytes(out):,} (HDF5: {h5.stat().st_size:,}' in report
+    )
     assert 'tiles: 10 (train 6, val 2, test 2)' in report
     manifest = json.loads((out / 'mmearth_shards.json').read_text())
     assert manifest['compression'] is None and manifest['tile_size'] == 64
@@ -58,9 +60,9 @@ def test_interrupted_conversion_resumes(
     assert report.resumed_splits == ('train',)
     assert not partial.exists()
     # The finished split was kept as written, not converted again.
-    assert {
-        out / 'train' / p.name: t for p, t in train_chunks.items()
-    } == {p: p.stat().st_mtime_ns for p in (out / 'train').glob('*.bin')}
+    assert {out / 'train' / p.name: t for p, t in train_chunks.items()} == {
+        p: p.stat().st_mtime_ns for p in (out / 'train').glob('*.bin')
+    }
     for split in ('train', 'val', 'test'):
         streamed = StreamingMMEarth(out, split, cache_dir=str(tmp_path / 'cache'))
         hdf5 = MMEarth(mmearth_root, 'MMEarth64', split)

@@ -14,7 +14,9 @@ from torchgeo_mmearth.datasets import MMEarth
 from torchgeo_mmearth.modalities import MODALITIES
 
 
-def streaming(shards: Path, tmp_path: Path, **kwargs: Any) -> MMEarthStreamingDataModule:
+def streaming(
+    shards: Path, tmp_path: Path, **kwargs: Any
+) -> MMEarthStreamingDataModule:
     kwargs = {'batch_size': 2, 'modalities': list(MODALITIES), **kwargs}
     return MMEarthStreamingDataModule(
         str(shards), cache_dir=str(tmp_path / 'cache'), **kwargs
@@ -87,7 +89,11 @@ def test_same_batches_as_the_hdf5_datamodule(
 
     class Training:
         training, validating, sanity_checking, testing, predicting = (
-            True, False, False, False, False,
+            True,
+            False,
+            False,
+            False,
+            False,
         )
 
     dm.trainer = Training()  # type: ignore[assignment]
@@ -148,7 +154,10 @@ def test_two_processes_read_disjoint_parts_of_the_split(
     )
     out = tmp_path / 'seen'
     out.mkdir()
-    run.fit(Recorder(str(out)), streaming(mmearth_shards, tmp_path, batch_size=1, num_workers=1))
+    run.fit(
+        Recorder(str(out)),
+        streaming(mmearth_shards, tmp_path, batch_size=1, num_workers=1),
+    )
     ranks = [json.loads((out / f'rank{r}.json').read_text()) for r in range(2)]
     split = MMEarth(mmearth_root, 'MMEarth64', 'train')
     tiles = sorted(split[i]['tile_id'] for i in range(len(split)))

@@ -28,7 +28,9 @@ def test_samples_equal_the_hdf5_reader(
     hdf5 = MMEarth(
         mmearth_root, 'MMEarth64', split, modalities=modalities, normalize=False
     )
-    expected = {sample['tile_id']: sample for sample in (hdf5[i] for i in range(len(hdf5)))}
+    expected = {
+        sample['tile_id']: sample for sample in (hdf5[i] for i in range(len(hdf5)))
+    }
     streamed = StreamingMMEarth(
         mmearth_shards, split, modalities=modalities, cache_dir=str(tmp_path)
     )
@@ -50,7 +52,9 @@ def test_band_selection_and_default_modalities(
 ) -> None:
     bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VH']}
     hdf5 = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
-    streamed = StreamingMMEarth(mmearth_shards, modality_bands=bands, cache_dir=str(tmp_path))
+    streamed = StreamingMMEarth(
+        mmearth_shards, modality_bands=bands, cache_dir=str(tmp_path)
+    )
     by_id = {hdf5[i]['tile_id']: hdf5[i] for i in range(len(hdf5))}
     for i in range(len(streamed)):
         sample = streamed[i]
@@ -64,7 +68,7 @@ def test_band_selection_and_default_modalities(
 
 
 def test_errors(mmearth_shards: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match='mmearth_shards.json is missing'):
+    with pytest.raises(FileNotFoundError, match=r'mmearth_shards\.json is missing'):
         StreamingMMEarth(tmp_path)
     with pytest.raises(ValueError, match="no split 'holdout'"):
         StreamingMMEarth(mmearth_shards, 'holdout')

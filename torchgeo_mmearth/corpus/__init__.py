@@ -19,7 +19,6 @@ from .builder import (
 )
 from .geotiff import GeoTiffSource
 from .grid import TileGrid
-from .shards import ShardReport, shard_corpus
 from .locations import (
     Location,
     grid_locations,
@@ -28,6 +27,7 @@ from .locations import (
     locations_from_sampler,
     resolve_locations,
 )
+from .shards import ShardReport, shard_corpus
 from .sources import (
     ERA5_VARIABLES,
     SOURCE_BANDS,

@@ -78,8 +78,10 @@ class ShardReport:
             + ', '.join(f'{split} {n}' for split, n in self.tiles.items())
             + ')',
             f'  compression: {self.compression or "none"}',
-            f'  bytes on disk: {self.shard_bytes:,} (HDF5: {self.h5_bytes:,}; '
-            f'ratio {ratio:.2f})',
+            (
+                f'  bytes on disk: {self.shard_bytes:,} '
+                f'(HDF5: {self.h5_bytes:,}; ratio {ratio:.2f})'
+            ),
             f'  time: {self.seconds:.1f} s'
             + (f' ({tiles / self.seconds:.0f} tiles/s)' if self.seconds > 0 else ''),
         ]
@@ -177,7 +179,9 @@ def shard_corpus(
         ValueError: for an unknown subset or split, or a temporary folder left by
             an interrupted conversion with other arguments.
     """
-    from ..datasets.streaming import MANIFEST, SHARD_FORMAT
+    # First: it turns off litdata's version check (a call to PyPI) before import.
+    from ..datasets.streaming import MANIFEST, SHARD_FORMAT  # noqa: I001
+
     from litdata import optimize
 
     started = time.perf_counter()
@@ -230,9 +234,7 @@ def shard_corpus(
 
     tiles: dict[str, int] = {}
     for split in splits:
-        dataset = MMEarth(
-            root, subset, split, modalities=modalities, normalize=False
-        )
+        dataset = MMEarth(root, subset, split, modalities=modalities, normalize=False)
         tiles[split] = len(dataset)
         if split in done or len(dataset) == 0:
             continue
@@ -370,9 +372,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         '--overwrite', action='store_true', help='replace an existing shard folder'
     )
-    parser.add_argument(
-        '--no-progress', action='store_true', help='no progress bar'
-    )
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
     compression = None if args.compression == 'none' else args.compression
     try:

@@ -315,7 +315,6 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
         self._train_loader_state = state_dict.get('train_loader')
 
 
-
 def _pipeline(
     normalizer: nn.Module, augmentations: list[K.GeometricAugmentationBase2D]
 ) -> nn.Module:

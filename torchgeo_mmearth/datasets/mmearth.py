@@ -609,12 +609,7 @@ _Plan = tuple[tuple[str, str, bool, np.ndarray | None], ...]
 def _sample_plan(modality_bands: Mapping[str, Sequence[str]]) -> _Plan:
     """How to turn the stored tiles of each modality into sample entries."""
     return tuple(
-        (
-            name,
-            MODALITIES[name].key,
-            MODALITIES[name].one_hot,
-            _band_index(name, bands),
-        )
+        (name, MODALITIES[name].key, MODALITIES[name].one_hot, _band_index(name, bands))
         for name, bands in modality_bands.items()
     )
 
