@@ -7,10 +7,13 @@ S3-compatible storage to any number of processes and nodes. The layout of a shar
 folder is described in :mod:`torchgeo_mmearth.datasets.streaming`.
 """
 
+import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -324,19 +327,12 @@ def _default_start_method() -> str:
     return 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
 
 
-def main(argv: Sequence[str]) -> int:
-    """Run ``torchgeo-mmearth shard``.
-
-    Args:
-        argv: the arguments after ``shard``.
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``torchgeo-mmearth shard``.
 
     Returns:
-        The exit status.
+        The parser.
     """
-    import argparse
-    import shlex
-    import sys
-
     parser = argparse.ArgumentParser(
         prog='torchgeo-mmearth shard',
         description='Convert an MMEarth-format corpus (HDF5) into litdata shards '
@@ -373,6 +369,20 @@ def main(argv: Sequence[str]) -> int:
         '--overwrite', action='store_true', help='replace an existing shard folder'
     )
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``torchgeo-mmearth shard``: convert, then print the report.
+
+    Args:
+        argv: the arguments after ``shard``.
+
+    Returns:
+        The exit status: 0, 2 for a refused or wrong conversion, 130 when
+        interrupted (the finished splits are kept for the next run).
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
     compression = None if args.compression == 'none' else args.compression
     try:
@@ -395,7 +405,7 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 130
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, ImportError, ValueError) as error:
         print(f'torchgeo-mmearth shard: error: {error}', file=sys.stderr)
         return 2
     print(report.summary())
