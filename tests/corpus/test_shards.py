@@ -15,7 +15,7 @@ def test_cli_reports_and_never_overwrites_unless_asked(
     out = tmp_path / 'shards'
     args = ['shard', '--root', str(mmearth_root), '--subset', 'MMEarth64']
     args += ['--out', str(out), '--workers', '2', '--no-progress']
-    assert main([*args, '--compression', 'none']) == 0
+    assert main([*args, '--compression', 'zstd:1']) == 0
     report = capsys.readouterr().out
     h5 = mmearth_root / 'data_1M_v001_64' / 'data_1M_v001_64.h5'
     assert (
@@ -23,7 +23,7 @@ def test_cli_reports_and_never_overwrites_unless_asked(
     )
     assert 'tiles: 10 (train 6, val 2, test 2)' in report
     manifest = json.loads((out / 'mmearth_shards.json').read_text())
-    assert manifest['compression'] is None and manifest['tile_size'] == 64
+    assert manifest['compression'] == 'zstd:1' and manifest['tile_size'] == 64
     assert not (out.parent / 'shards.partial').exists()
 
     assert main(args) == 2

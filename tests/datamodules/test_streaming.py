@@ -40,6 +40,9 @@ class Recorder(LightningModule):
         return (self.weight * batch['image_sentinel2'].nan_to_num().mean()).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # As MPMAETask: the training loader is made before Lightning restores
+        # the loops' state (and the loader state it keeps) from a checkpoint.
+        assert self.trainer.estimated_stepping_batches > 0
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
@@ -112,14 +115,14 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(
 ) -> None:
     # 6 training tiles, batches of 1, 2 workers: stopped after 2 of the 6 steps
     # (a checkpoint every step), resumed from the last checkpoint.
-    checkpoints = tmp_path / 'ckpt'
-
-    def fit(out: Path, max_steps: int, ckpt_path: str | None = None) -> list[str]:
+    def fit(
+        out: Path, max_steps: int, ckpt_path: str | None = None, **kwargs: Any
+    ) -> list[str]:
         out.mkdir()
         callback = ModelCheckpoint(
-            dirpath=checkpoints, save_last=True, every_n_train_steps=1
+            dirpath=out / 'ckpt', save_last=True, every_n_train_steps=1
         )
-        run = trainer(tmp_path, max_steps=max_steps, callbacks=[callback])
+        run = trainer(tmp_path, max_steps=max_steps, callbacks=[callback], **kwargs)
         model = Recorder(str(out))
         dm = streaming(mmearth_shards, tmp_path, batch_size=1, num_workers=2)
         run.fit(model, dm, ckpt_path=ckpt_path)
@@ -127,9 +130,10 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(
 
     first = fit(tmp_path / 'first', max_steps=2)
     assert len(first) == 2
-    saved = torch.load(checkpoints / 'last.ckpt', weights_only=False)
+    saved = torch.load(tmp_path / 'first' / 'ckpt' / 'last.ckpt', weights_only=False)
     assert saved['global_step'] == 2
-    rest = fit(tmp_path / 'rest', max_steps=6, ckpt_path=str(checkpoints / 'last.ckpt'))
+    first_ckpt = tmp_path / 'first' / 'ckpt' / 'last.ckpt'
+    rest = fit(tmp_path / 'rest', max_steps=6, ckpt_path=str(first_ckpt))
     # No tile repeated, none skipped: the epoch is the split, once, in the order
     # of an uninterrupted run with the same seed.
     assert len(first) + len(rest) == 6
@@ -137,6 +141,20 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(
     assert any('train_loader' in str(v) for v in saved.values())
     uninterrupted = fit(tmp_path / 'uninterrupted', max_steps=6)
     assert first + rest == uninterrupted
+
+    # An epoch cut short by limit_train_batches has ended: the resumed run
+    # starts the next epoch, in that epoch's order.
+    short = {'limit_train_batches': 2, 'max_epochs': 2}
+    reference = fit(tmp_path / 'two_short_epochs', max_steps=-1, **short)
+    assert len(reference) == 4 and reference[:2] != reference[2:]
+    fit(tmp_path / 'one_short_epoch', max_steps=-1, **{**short, 'max_epochs': 1})
+    resumed = fit(
+        tmp_path / 'resumed_short',
+        max_steps=-1,
+        ckpt_path=str(tmp_path / 'one_short_epoch' / 'ckpt' / 'last.ckpt'),
+        **short,
+    )
+    assert resumed == reference[2:]
 
 
 @pytest.mark.slow

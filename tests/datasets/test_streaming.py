@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from torchgeo_mmearth.corpus import shard_corpus
 from torchgeo_mmearth.datasets import MMEarth, StreamingMMEarth
 from torchgeo_mmearth.modalities import MODALITIES
 
@@ -20,10 +21,25 @@ def same(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
+@pytest.fixture(scope='module')
+def zstd_shards(mmearth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MMEarth64 test corpus as zstd-compressed shards."""
+    out = tmp_path_factory.mktemp('zstd') / 'mmearth64'
+    shard_corpus(mmearth_root, 'MMEarth64', out, compression='zstd:3', progress=False)
+    return out
+
+
+@pytest.mark.parametrize('compressed', [False, True], ids=['none', 'zstd'])
 @pytest.mark.parametrize('split', ['train', 'val', 'test'])
 def test_samples_equal_the_hdf5_reader(
-    mmearth_root: Path, mmearth_shards: Path, tmp_path: Path, split: str
+    mmearth_root: Path,
+    mmearth_shards: Path,
+    zstd_shards: Path,
+    tmp_path: Path,
+    split: str,
+    compressed: bool,
 ) -> None:
+    shards = zstd_shards if compressed else mmearth_shards
     modalities = list(MODALITIES)
     hdf5 = MMEarth(
         mmearth_root, 'MMEarth64', split, modalities=modalities, normalize=False
@@ -32,7 +48,7 @@ def test_samples_equal_the_hdf5_reader(
         sample['tile_id']: sample for sample in (hdf5[i] for i in range(len(hdf5)))
     }
     streamed = StreamingMMEarth(
-        mmearth_shards, split, modalities=modalities, cache_dir=str(tmp_path)
+        shards, split, modalities=modalities, cache_dir=str(tmp_path)
     )
     assert len(streamed) == len(hdf5) > 0
     samples = [streamed[i] for i in range(len(streamed))]

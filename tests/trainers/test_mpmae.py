@@ -220,7 +220,14 @@ sys.exit(main())
         # The tiny config of the HDF5 corpus, with the data section of shards.
         args = cli_args(CONF / 'mpmae_shards.yaml', mmearth_shards, tmp_path)
         args[args.index('--data.init_args.root')] = '--data.init_args.input_dir'
+        args[args.index('--trainer.fast_dev_run')] = '--trainer.limit_train_batches'
+        args += ['--trainer.max_epochs', '1', '--trainer.logger', 'false']
+        args += ['--trainer.limit_val_batches', '1']
         assert main(args) == 0
+        (saved,) = (tmp_path / 'checkpoints').glob('*.ckpt')
+        corpus = torch.load(saved, weights_only=False)['mmearth']['corpus']
+        assert corpus['subset'] == 'MMEarth64'
+        assert corpus['root'] == str(mmearth_shards)
 
     def test_shard_configs_differ_only_in_data(self) -> None:
         pairs = [

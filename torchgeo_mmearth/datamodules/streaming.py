@@ -162,9 +162,13 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
         if train:
-            if self._train_loader_state is not None:
-                loader.load_state_dict(self._train_loader_state)
-                self._train_loader_state = None
+            state = self._train_loader_state
+            if state is not None and state.get('epoch_ended'):
+                # The next iteration starts the epoch after the saved one.
+                loader.current_epoch = state['current_epoch']
+            elif state is not None:
+                loader.load_state_dict(state)
+            self._train_loader_state = None
             self._train_loader = loader
         return loader
 
@@ -177,12 +181,19 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
         ``configure_optimizers``), so the loader starts at the saved position.
 
         Returns:
-            The state of the training loader, once it has handed out batches.
+            The state of the training loader, once it has handed out batches, and
+            whether its epoch has ended (at ``limit_train_batches``).
         """
         loader = self._train_loader
         if loader is None or loader._num_samples_yielded_streaming == 0:
             return {}
-        return {'train_loader': loader.state_dict()}
+        state: dict[str, Any] = loader.state_dict()
+        trainer = self.trainer
+        batches = loader._num_samples_yielded_streaming // max(loader.batch_size, 1)
+        # An epoch that Lightning ended at limit_train_batches, short of the
+        # loader's end: a resumed run starts the next epoch.
+        ended = trainer is not None and batches >= trainer.num_training_batches
+        return {'train_loader': state, 'epoch_ended': ended}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the next training loader at the position of a checkpoint.
@@ -191,3 +202,8 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
             state_dict: a state returned by :meth:`state_dict`.
         """
         self._train_loader_state = state_dict.get('train_loader')
+        if self._train_loader_state is not None and state_dict.get('epoch_ended'):
+            self._train_loader_state = {
+                'current_epoch': self._train_loader_state['current_epoch'],
+                'epoch_ended': True,
+            }

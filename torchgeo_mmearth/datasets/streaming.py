@@ -201,9 +201,13 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
             seed=seed,
             drop_last=drop_last,
             max_cache_size=max_cache_size,
+            # One tile is a few hundred KB of arrays: decode the tile asked for
+            # only (litdata's default decodes a window of up to 256 around it).
+            batch_decode=0,
             **options,
         )
-        self.input_dir_name = input_dir
+        #: The shard folder (as ``root`` of MMEarth, recorded in checkpoints).
+        self.root = input_dir
         self.split = split
         self.subset: str = manifest['subset']
         self.tile_size: int | None = manifest['tile_size']
