@@ -52,3 +52,15 @@ def mmearth_root(
 def torch_hub(tmp_path: Path) -> None:
     """Keep downloads and hub caches out of the user's home directory."""
     torch.hub.set_dir(str(tmp_path / 'hub'))
+
+
+@pytest.fixture(scope='session')
+def mmearth_shards(
+    mmearth_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The MMEarth64 test corpus as litdata shards (every modality and split)."""
+    from torchgeo_mmearth.corpus import shard_corpus
+
+    out = tmp_path_factory.mktemp('shards') / 'mmearth64'
+    shard_corpus(mmearth_root, 'MMEarth64', out, num_workers=2, progress=False)
+    return out

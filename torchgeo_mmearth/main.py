@@ -3,9 +3,11 @@
 ``torchgeo-mmearth fit|validate|test|predict ...`` is TorchGeo's own command-line
 interface (LightningCLI) with this plugin imported first, so configs can name the
 plugin's classes by their short names (``class_path: MPMAETask``) and weights by
-their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Four more subcommands:
+their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Five more subcommands:
 
 * ``build-corpus``: build an MMEarth-format corpus from your own rasters;
+* ``shard``: convert an MMEarth-format corpus into litdata shards, to stream to
+  many GPUs and nodes (:func:`torchgeo_mmearth.corpus.shard_corpus`);
 * ``export-weights CKPT OUT``: write the encoder of an :class:`MPMAETask`
   checkpoint as a timm state dict with its metadata;
 * ``probe``: frozen-feature k-NN and linear probes and label efficiency on any
@@ -141,6 +143,10 @@ def main(args: Sequence[str] | None = None) -> int:
         from .corpus.cli import main as build_corpus
 
         return build_corpus(argv[1:])
+    if argv[:1] == ['shard']:
+        from .corpus.shards import main as shard
+
+        return shard(argv[1:])
     if argv[:1] == ['probe']:
         from .evaluation.cli import main as probe
 

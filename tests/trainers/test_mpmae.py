@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 
 from tests.conftest import figure_panels
 from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
-from torchgeo_mmearth.datamodules import MMEarthDataModule
+from torchgeo_mmearth.datamodules import MMEarthDataModule, MMEarthStreamingDataModule
 from torchgeo_mmearth.losses import masked_patch_mse, patchify
 from torchgeo_mmearth.main import export_weights, main
 from torchgeo_mmearth.modalities import (
@@ -219,6 +219,32 @@ sys.exit(main())
             main(cli_args(CONF / 'mpmae_short_names.yaml', mmearth_root, tmp_path)) == 0
         )
 
+    def test_fit_from_shards(self, mmearth_shards: Path, tmp_path: Path) -> None:
+        # The tiny config of the HDF5 corpus, with the data section of shards.
+        args = cli_args(CONF / 'mpmae_shards.yaml', mmearth_shards, tmp_path)
+        args[args.index('--data.init_args.root')] = '--data.init_args.input_dir'
+        args[args.index('--trainer.fast_dev_run')] = '--trainer.limit_train_batches'
+        args += ['--trainer.max_epochs', '1', '--trainer.logger', 'false']
+        args += ['--trainer.limit_val_batches', '1']
+        assert main(args) == 0
+        (saved,) = (tmp_path / 'checkpoints').glob('*.ckpt')
+        corpus = torch.load(saved, weights_only=False)['mmearth']['corpus']
+        assert corpus['subset'] == 'MMEarth64'
+        assert corpus['root'] == str(mmearth_shards)
+
+    def test_shard_configs_differ_only_in_data(self) -> None:
+        pairs = [
+            (CONF / 'mpmae.yaml', CONF / 'mpmae_shards.yaml'),
+            (
+                EXAMPLES / 'mpmae_atto_mmearth64.yaml',
+                EXAMPLES / 'mpmae_atto_mmearth64_shards.yaml',
+            ),
+        ]
+        for hdf5, shards in pairs:
+            a, b = (yaml.safe_load(p.read_text()) for p in (hdf5, shards))
+            assert a.pop('data') != b.pop('data')
+            assert a == b
+
     @pytest.mark.parametrize(
         'config', sorted(EXAMPLES.glob('*.yaml')), ids=lambda p: p.stem
     )
@@ -228,7 +254,13 @@ sys.exit(main())
         task = MPMAETask(**spec['model']['init_args'])
         data = spec['data']['init_args']
         assert data.get('input_size', 56) == task.hparams['input_size']
-        MMEarthDataModule(**data)
+        datamodules = {
+            'torchgeo_mmearth.datamodules.MMEarthDataModule': MMEarthDataModule,
+            'torchgeo_mmearth.datamodules.MMEarthStreamingDataModule': (
+                MMEarthStreamingDataModule
+            ),
+        }
+        datamodules[spec['data']['class_path']](**data)
         with pytest.raises(SystemExit):
             main(['fit', '--config', str(config), '--print_config'])
 

@@ -27,6 +27,7 @@ from .locations import (
     locations_from_sampler,
     resolve_locations,
 )
+from .shards import ShardReport, shard_corpus
 from .sources import (
     ERA5_VARIABLES,
     SOURCE_BANDS,
@@ -54,6 +55,7 @@ __all__ = (
     'ModalityCoverage',
     'ModalitySource',
     'Scene',
+    'ShardReport',
     'TileGrid',
     'TorchGeoSource',
     'as_source',
@@ -66,4 +68,5 @@ __all__ = (
     'locations_from_sampler',
     'orbit_from_time',
     'resolve_locations',
+    'shard_corpus',
 )

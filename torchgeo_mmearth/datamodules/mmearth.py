@@ -20,7 +20,124 @@ __all__ = ['MMEarthDataModule']
 _DEFAULT_INPUT_SIZE = {128: 112, 64: 56}
 
 
-class MMEarthDataModule(NonGeoDataModule):
+class _OnDeviceMMEarthDataModule(NonGeoDataModule):
+    """What the MMEarth datamodules share: raw batches, normalised and cropped on device.
+
+    Subclasses make the datasets (:meth:`_dataset`, which calls
+    :meth:`_build_augmentations` with the first one) and the loaders.
+    """
+
+    def __init__(
+        self,
+        dataset_class: type[Any],
+        batch_size: int,
+        num_workers: int,
+        input_size: int | None,
+        flips: bool,
+        train_split: str,
+        val_split: str | None,
+        test_split: str,
+        pin_memory: bool,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize the shared parts (arguments as in :class:`MMEarthDataModule`).
+
+        Args:
+            dataset_class: the dataset class.
+            batch_size: size of each mini-batch.
+            num_workers: number of DataLoader worker processes.
+            input_size: side of the crop fed to the model, or None.
+            flips: add random horizontal and vertical flips during training.
+            train_split: split used for training.
+            val_split: split used for validation, or None.
+            test_split: split used for testing and prediction.
+            pin_memory: pin host memory when a CUDA device is available.
+            **kwargs: keyword arguments of the dataset.
+
+        Raises:
+            ValueError: if *input_size* is not positive.
+        """
+        if input_size is not None and input_size <= 0:
+            raise ValueError(f'input_size must be positive, got {input_size}')
+        super().__init__(dataset_class, batch_size, num_workers, **kwargs)
+        self.input_size = input_size
+        self.flips = flips
+        self.train_split = train_split
+        self.val_split = val_split
+        self.test_split = test_split
+        self.pin_memory = pin_memory
+        self.normalizer: MMEarthNormalize | None = None
+        # Set in setup(), once the corpus statistics and tile size are known.
+        self.aug = None  # type: ignore[assignment]
+
+    def setup(self, stage: str) -> None:
+        """Set up datasets and the on-device augmentations.
+
+        Args:
+            stage: 'fit', 'validate', 'test' or 'predict'.
+        """
+        if stage == 'fit':
+            self.train_dataset = self._dataset(self.train_split)
+        if stage in ('fit', 'validate') and self.val_split is not None:
+            self.val_dataset = self._dataset(self.val_split)
+        if stage == 'test':
+            self.test_dataset = self._dataset(self.test_split)
+        if stage == 'predict':
+            self.predict_dataset = self._dataset(self.test_split)
+
+    def _dataset(self, split: str) -> Any:
+        raise NotImplementedError
+
+    def _build_augmentations(
+        self,
+        tile_size: int | None,
+        band_stats: Mapping[str, Any],
+        modality_bands: Mapping[str, Sequence[str]],
+        source: object,
+    ) -> None:
+        """Build the normalisation and crops from the first dataset's corpus.
+
+        Args:
+            tile_size: side of the stored tiles (None without pixel-level data).
+            band_stats: the corpus band statistics.
+            modality_bands: bands per modality of the samples.
+            source: the corpus, named in errors.
+
+        Raises:
+            ValueError: if the crop exceeds the tiles.
+        """
+        size = self.input_size
+        if size is None:
+            size = _DEFAULT_INPUT_SIZE.get(tile_size or 0, tile_size)
+        if tile_size is not None and size is not None and size > tile_size:
+            raise ValueError(
+                f'input_size {size} exceeds the {tile_size} px tiles of {source}'
+            )
+        # The normalisation runs here, on the device, after the raw batch moved.
+        self.normalizer = MMEarthNormalize(band_stats, modality_bands)
+        train: list[K.GeometricAugmentationBase2D] = []
+        evaluation: list[K.GeometricAugmentationBase2D] = []
+        if size is not None and size != tile_size:
+            train.append(K.RandomCrop((size, size), cropping_mode='slice'))
+            evaluation.append(K.CenterCrop((size, size), cropping_mode='slice'))
+        if self.flips:
+            train += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
+        self.train_aug = _pipeline(self.normalizer, train)
+        self.aug = _pipeline(self.normalizer, evaluation)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        """Return the validation loader, or none when there is no validation split.
+
+        Returns:
+            The validation DataLoader; an empty list (Lightning then skips
+            validation) when *val_split* is None or the split is empty.
+        """
+        if self.val_dataset is None or len(self.val_dataset) == 0:  # type: ignore[arg-type]
+            return []  # type: ignore[return-value]
+        return super().val_dataloader()
+
+
+class MMEarthDataModule(_OnDeviceMMEarthDataModule):
     """LightningDataModule for the :class:`~torchgeo_mmearth.datasets.MMEarth` corpora.
 
     DataLoader workers return the raw stored values (uint16 Sentinel-2, uint8 class
@@ -87,72 +204,36 @@ class MMEarthDataModule(NonGeoDataModule):
         Raises:
             ValueError: if *input_size* is not positive.
         """
-        if input_size is not None and input_size <= 0:
-            raise ValueError(f'input_size must be positive, got {input_size}')
         super().__init__(
             MMEarth,
             batch_size,
             num_workers,
+            input_size,
+            flips,
+            train_split,
+            val_split,
+            test_split,
+            pin_memory,
             root=root,
             subset=subset,
             modalities=modalities,
             modality_bands=modality_bands,
             **kwargs,
         )
-        self.input_size = input_size
-        self.flips = flips
-        self.train_split = train_split
-        self.val_split = val_split
-        self.test_split = test_split
-        self.pin_memory = pin_memory
-        self.normalizer: MMEarthNormalize | None = None
-        # Set in setup(), once the corpus statistics and tile size are known.
-        self.aug = None  # type: ignore[assignment]
         # The training loader, and the position a resumed run gives it.
         self._train_loader: ResumableDataLoader[dict[str, Any]] | None = None
         self._train_loader_state: dict[str, int] | None = None
 
-    def setup(self, stage: str) -> None:
-        """Set up datasets and the on-device augmentations.
-
-        Args:
-            stage: 'fit', 'validate', 'test' or 'predict'.
-        """
-        if stage == 'fit':
-            self.train_dataset = self._dataset(self.train_split)
-        if stage in ('fit', 'validate') and self.val_split is not None:
-            self.val_dataset = self._dataset(self.val_split)
-        if stage == 'test':
-            self.test_dataset = self._dataset(self.test_split)
-        if stage == 'predict':
-            self.predict_dataset = self._dataset(self.test_split)
-
     def _dataset(self, split: str) -> MMEarth:
         dataset = MMEarth(split=split, normalize=False, **self.kwargs)
         if self.normalizer is None:
-            self._build_augmentations(dataset)
-        return dataset
-
-    def _build_augmentations(self, dataset: MMEarth) -> None:
-        tile_size = dataset.tile_size
-        size = self.input_size
-        if size is None:
-            size = _DEFAULT_INPUT_SIZE.get(tile_size or 0, tile_size)
-        if tile_size is not None and size is not None and size > tile_size:
-            raise ValueError(
-                f'input_size {size} exceeds the {tile_size} px tiles of {dataset.h5_path}'
+            self._build_augmentations(
+                dataset.tile_size,
+                dataset.band_stats,
+                dataset.modality_bands,
+                dataset.h5_path,
             )
-        # The normalisation runs here, on the device, after the raw batch moved.
-        self.normalizer = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
-        train: list[K.GeometricAugmentationBase2D] = []
-        evaluation: list[K.GeometricAugmentationBase2D] = []
-        if size is not None and size != tile_size:
-            train.append(K.RandomCrop((size, size), cropping_mode='slice'))
-            evaluation.append(K.CenterCrop((size, size), cropping_mode='slice'))
-        if self.flips:
-            train += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
-        self.train_aug = _pipeline(self.normalizer, train)
-        self.aug = _pipeline(self.normalizer, evaluation)
+        return dataset
 
     def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
         """TorchGeo's loader factory, with packed batches and pinned memory.
@@ -232,17 +313,6 @@ class MMEarthDataModule(NonGeoDataModule):
             state_dict: a state returned by :meth:`state_dict`.
         """
         self._train_loader_state = state_dict.get('train_loader')
-
-    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        """Return the validation loader, or none when there is no validation split.
-
-        Returns:
-            The validation DataLoader; an empty list (Lightning then skips
-            validation) when *val_split* is None or the split is empty.
-        """
-        if self.val_dataset is None or len(self.val_dataset) == 0:  # type: ignore[arg-type]
-            return []  # type: ignore[return-value]
-        return super().val_dataloader()
 
 
 def _pipeline(

@@ -269,16 +269,7 @@ class MMEarth(NonGeoDataset):
                     band_statistics(self.band_stats, stats_key, name)
         except ValueError as error:
             raise ValueError(f'{self.stats_path}: {error}') from None
-        # Per modality: name, sample key, one-hot flag, channel selection.
-        self._plan = tuple(
-            (
-                name,
-                MODALITIES[name].key,
-                MODALITIES[name].one_hot,
-                _band_index(name, bands),
-            )
-            for name, bands in self.modality_bands.items()
-        )
+        self._plan = _sample_plan(self.modality_bands)
 
     def __len__(self) -> int:
         """Return the number of tiles in the split.
@@ -324,15 +315,8 @@ class MMEarth(NonGeoDataset):
         samples: list[Sample] = [{} for _ in rows]
         for name, key, one_hot, selection in self._plan:
             tiles = self._read(name, rows)
-            if one_hot:
-                for sample, tile in zip(samples, tiles, strict=True):
-                    sample[key] = torch.tensor(_one_hot_index(tile))
-            elif selection is not None:
-                for sample, tile in zip(samples, tiles, strict=True):
-                    sample[key] = torch.from_numpy(tile[selection])
-            else:
-                for sample, tile in zip(samples, tiles, strict=True):
-                    sample[key] = torch.from_numpy(tile)
+            for sample, tile in zip(samples, tiles, strict=True):
+                sample[key] = _sample_entry(tile, one_hot, selection)
         records = self._read('metadata', rows)
         for sample, row, record in zip(samples, rows, records, strict=True):
             tile_id, s2_type = self._metadata(row, record)
@@ -344,6 +328,29 @@ class MMEarth(NonGeoDataset):
         if self.transforms is not None:
             samples = [self.transforms(sample) for sample in samples]
         return samples
+
+    def stored_tile(self, index: int) -> dict[str, Any]:
+        """Return one tile as stored: what shards keep of it.
+
+        Args:
+            index: index within the split.
+
+        Returns:
+            Every selected modality as stored in the HDF5 file (all its bands, raw
+            dtype, one-hot vectors as vectors) under its modality name, plus
+            ``tile_id``, ``s2_type`` (0 = L1C, 1 = L2A, as in the samples) and
+            ``row`` (the tile's row in the HDF5 file).
+
+        Raises:
+            OSError: naming the file, dataset and row when a tile cannot be read.
+        """
+        row = int(self.indices[operator.index(index)])
+        tile: dict[str, Any] = {
+            name: self._read(name, [row])[0] for name in self.modality_bands
+        }
+        tile_id, s2_type = self._metadata(row, self._read('metadata', [row])[0])
+        tile.update(tile_id=tile_id, s2_type=s2_type, row=row)
+        return tile
 
     @functools.cached_property
     def normalizer(self) -> MMEarthNormalize:
@@ -593,6 +600,33 @@ class MMEarth(NonGeoDataset):
             fig.suptitle(suptitle)
         fig.tight_layout()
         return fig
+
+
+#: Per modality: name, sample key, one-hot flag, channel selection.
+_Plan = tuple[tuple[str, str, bool, np.ndarray | None], ...]
+
+
+def _sample_plan(modality_bands: Mapping[str, Sequence[str]]) -> _Plan:
+    """How to turn the stored tiles of each modality into sample entries."""
+    return tuple(
+        (name, MODALITIES[name].key, MODALITIES[name].one_hot, _band_index(name, bands))
+        for name, bands in modality_bands.items()
+    )
+
+
+def _sample_entry(
+    tile: np.ndarray, one_hot: bool, selection: np.ndarray | None
+) -> torch.Tensor:
+    """The sample entry of one stored tile (writable, native byte order).
+
+    One-hot vectors become a class index (the ignore index unless exactly one 1),
+    other tiles keep their stored dtype, with their channels selected.
+    """
+    if one_hot:
+        return torch.tensor(_one_hot_index(tile))
+    if selection is not None:
+        return torch.from_numpy(tile[selection])
+    return torch.from_numpy(tile)
 
 
 def _band_index(name: str, bands: Sequence[str]) -> np.ndarray | None:

@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from torchgeo_mmearth.corpus import shards
+from torchgeo_mmearth.corpus.shards import folder_bytes, shard_corpus
+from torchgeo_mmearth.datasets import MMEarth, StreamingMMEarth
+from torchgeo_mmearth.main import main
+
+
+def test_cli_reports_and_never_overwrites_unless_asked(
+    mmearth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / 'shards'
+    args = ['shard', '--root', str(mmearth_root), '--subset', 'MMEarth64']
+    args += ['--out', str(out), '--workers', '2', '--no-progress']
+    assert main([*args, '--compression', 'zstd:1']) == 0
+    report = capsys.readouterr().out
+    h5 = mmearth_root / 'data_1M_v001_64' / 'data_1M_v001_64.h5'
+    assert (
+        f'bytes on disk: {folder_bytes(out):,} (HDF5: {h5.stat().st_size:,}' in report
+    )
+    assert 'tiles: 10 (train 6, val 2, test 2)' in report
+    manifest = json.loads((out / 'mmearth_shards.json').read_text())
+    assert manifest['compression'] == 'zstd:1' and manifest['tile_size'] == 64
+    assert not (out.parent / 'shards.partial').exists()
+
+    assert main(args) == 2
+    assert 'exists; pass overwrite=True (--overwrite)' in capsys.readouterr().err
+    assert main([*args, '--overwrite']) == 0
+    manifest = json.loads((out / 'mmearth_shards.json').read_text())
+    assert manifest['compression'] == shards.DEFAULT_COMPRESSION
+
+
+def test_interrupted_conversion_resumes(
+    mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import litdata
+
+    out = tmp_path / 'shards'
+    optimize = litdata.optimize
+    calls: list[str] = []
+
+    def interrupted(**kwargs: object) -> None:
+        calls.append(str(kwargs['output_dir']))
+        if str(kwargs['output_dir']).endswith('val'):
+            raise KeyboardInterrupt
+        optimize(**kwargs)
+
+    monkeypatch.setattr(litdata, 'optimize', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        shard_corpus(mmearth_root, 'MMEarth64', out, num_workers=1, progress=False)
+    partial = tmp_path / 'shards.partial'
+    assert not out.exists() and (partial / 'train' / 'index.json').is_file()
+    train_chunks = {p: p.stat().st_mtime_ns for p in (partial / 'train').glob('*.bin')}
+
+    monkeypatch.setattr(litdata, 'optimize', optimize)
+    report = shard_corpus(mmearth_root, 'MMEarth64', out, num_workers=1, progress=False)
+    assert report.resumed_splits == ('train',)
+    assert not partial.exists()
+    # The finished split was kept as written, not converted again.
+    assert {out / 'train' / p.name: t for p, t in train_chunks.items()} == {
+        p: p.stat().st_mtime_ns for p in (out / 'train').glob('*.bin')
+    }
+    for split in ('train', 'val', 'test'):
+        streamed = StreamingMMEarth(out, split, cache_dir=str(tmp_path / 'cache'))
+        hdf5 = MMEarth(mmearth_root, 'MMEarth64', split)
+        assert sorted(s['tile_id'] for s in streamed) == sorted(
+            hdf5[i]['tile_id'] for i in range(len(hdf5))
+        )
+
+    # Other arguments than the interrupted run's: refused, naming the folder.
+    partial.mkdir()
+    (partial / '.progress.json').write_text(
+        json.dumps({'arguments': {'compression': 'zstd:9'}, 'done': ['train']})
+    )
+    with pytest.raises(ValueError, match='interrupted conversion with other arguments'):
+        shard_corpus(mmearth_root, 'MMEarth64', out, overwrite=True, progress=False)
+
+
+def test_errors(mmearth_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no split 'holdout'"):
+        shard_corpus(mmearth_root, 'MMEarth64', tmp_path / 'x', splits=['holdout'])

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from torchgeo_mmearth.corpus import shard_corpus
+from torchgeo_mmearth.datasets import MMEarth, StreamingMMEarth
+from torchgeo_mmearth.modalities import MODALITIES
+
+
+def same(a: object, b: object) -> bool:
+    """Exact equality of sample entries: dtype, shape and values (NaN included)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(torch.equal(a.isnan(), b.isnan()))
+            and bool(torch.equal(a[~a.isnan()], b[~b.isnan()]))
+        )
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture(scope='module')
+def zstd_shards(mmearth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MMEarth64 test corpus as zstd-compressed shards."""
+    out = tmp_path_factory.mktemp('zstd') / 'mmearth64'
+    shard_corpus(mmearth_root, 'MMEarth64', out, compression='zstd:3', progress=False)
+    return out
+
+
+@pytest.mark.parametrize('compressed', [False, True], ids=['none', 'zstd'])
+@pytest.mark.parametrize('split', ['train', 'val', 'test'])
+def test_samples_equal_the_hdf5_reader(
+    mmearth_root: Path,
+    mmearth_shards: Path,
+    zstd_shards: Path,
+    tmp_path: Path,
+    split: str,
+    compressed: bool,
+) -> None:
+    shards = zstd_shards if compressed else mmearth_shards
+    modalities = list(MODALITIES)
+    hdf5 = MMEarth(
+        mmearth_root, 'MMEarth64', split, modalities=modalities, normalize=False
+    )
+    expected = {
+        sample['tile_id']: sample for sample in (hdf5[i] for i in range(len(hdf5)))
+    }
+    streamed = StreamingMMEarth(
+        shards, split, modalities=modalities, cache_dir=str(tmp_path)
+    )
+    assert len(streamed) == len(hdf5) > 0
+    samples = [streamed[i] for i in range(len(streamed))]
+    # The same split membership: every tile of the split, once.
+    assert sorted(s['tile_id'] for s in samples) == sorted(expected)
+    for sample in samples:
+        reference = expected[sample['tile_id']]
+        assert list(sample) == list(reference)
+        different = [key for key in sample if not same(sample[key], reference[key])]
+        assert different == [], sample['tile_id']
+    # Iterating (litdata's path) yields the same samples as indexing.
+    assert sorted(s['tile_id'] for s in streamed) == sorted(expected)
+
+
+def test_band_selection_and_default_modalities(
+    mmearth_root: Path, mmearth_shards: Path, tmp_path: Path
+) -> None:
+    bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VH']}
+    hdf5 = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+    streamed = StreamingMMEarth(
+        mmearth_shards, modality_bands=bands, cache_dir=str(tmp_path)
+    )
+    by_id = {hdf5[i]['tile_id']: hdf5[i] for i in range(len(hdf5))}
+    for i in range(len(streamed)):
+        sample = streamed[i]
+        assert sample['image_sentinel2'].shape[0] == 3
+        reference = by_id[sample['tile_id']]
+        assert all(same(sample[k], reference[k]) for k in reference)
+    default = StreamingMMEarth(mmearth_shards, cache_dir=str(tmp_path))
+    assert default.modalities == MMEarth(mmearth_root, 'MMEarth64').modalities
+    assert default.tile_size == 64
+    assert default.normalizer(default[0])['image_sentinel2'].dtype == torch.float32
+
+
+def test_errors(mmearth_shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r'mmearth_shards\.json is missing'):
+        StreamingMMEarth(tmp_path)
+    with pytest.raises(ValueError, match="no split 'holdout'"):
+        StreamingMMEarth(mmearth_shards, 'holdout')
+    with pytest.raises(ValueError, match="Unknown modality 'sentinel3'"):
+        StreamingMMEarth(mmearth_shards, modalities=['sentinel3'])

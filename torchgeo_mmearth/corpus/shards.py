@@ -1,0 +1,413 @@
+"""Convert an MMEarth-format corpus into litdata shards (``torchgeo-mmearth shard``).
+
+The HDF5 corpora need every node to see the whole file and cost most of their CPU
+time in gzip. :func:`shard_corpus` writes each split once as litdata chunks, which
+:class:`~torchgeo_mmearth.datasets.StreamingMMEarth` streams from local disk or
+S3-compatible storage to any number of processes and nodes. The layout of a shard
+folder is described in :mod:`torchgeo_mmearth.datasets.streaming`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from .._atomic import atomic_path
+from ..datasets import MMEarth
+from ..modalities import MODALITIES
+
+__all__ = [
+    'DEFAULT_CHUNK_BYTES',
+    'DEFAULT_COMPRESSION',
+    'ShardReport',
+    'folder_bytes',
+    'shard_corpus',
+]
+
+#: Compression of the chunks, chosen by measurement (docs/multinode.md): none.
+#: Uncompressed chunks are the only choice that reads in about 0.2 CPU ms per
+#: 64 px tile; zstd (any level) halves the bytes but its decompression costs
+#: about 1 CPU ms per tile, more than inflating the gzip HDF5 file.
+DEFAULT_COMPRESSION: str | None = None
+#: Size of one chunk: a few hundred 64 px tiles, so that shuffling across chunks
+#: mixes the corpus well and each read from object storage is large.
+DEFAULT_CHUNK_BYTES = '64MB'
+# In-progress record of a conversion, inside the temporary folder.
+_PROGRESS = '.progress.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardReport:
+    """What a conversion wrote, and what it cost.
+
+    Attributes:
+        output_dir: the shard folder.
+        h5_bytes: size of the HDF5 file converted.
+        shard_bytes: size on disk of the shard folder.
+        seconds: wall time of this run (a resumed run counts its own time only).
+        tiles: tiles written per split.
+        compression: compression of the chunks (None: none).
+        resumed_splits: splits kept from an interrupted earlier run.
+    """
+
+    output_dir: Path
+    h5_bytes: int
+    shard_bytes: int
+    seconds: float
+    tiles: dict[str, int]
+    compression: str | None
+    resumed_splits: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """A few lines for people: sizes, ratio and time.
+
+        Returns:
+            The report as text.
+        """
+        tiles = sum(self.tiles.values())
+        ratio = self.shard_bytes / self.h5_bytes if self.h5_bytes else float('nan')
+        lines = [
+            f'shards written to {self.output_dir}',
+            f'  tiles: {tiles} ('
+            + ', '.join(f'{split} {n}' for split, n in self.tiles.items())
+            + ')',
+            f'  compression: {self.compression or "none"}',
+            (
+                f'  bytes on disk: {self.shard_bytes:,} '
+                f'(HDF5: {self.h5_bytes:,}; ratio {ratio:.2f})'
+            ),
+            f'  time: {self.seconds:.1f} s'
+            + (f' ({tiles / self.seconds:.0f} tiles/s)' if self.seconds > 0 else ''),
+        ]
+        if self.resumed_splits:
+            lines.append(
+                f'  resumed: kept {", ".join(self.resumed_splits)} from the '
+                'interrupted run'
+            )
+        return '\n'.join(lines)
+
+
+class _StoredTiles:
+    """The items of one split: ``MMEarth.stored_tile`` (picklable for workers)."""
+
+    def __init__(
+        self, root: str, subset: str, split: str, modalities: Sequence[str]
+    ) -> None:
+        self.arguments = (root, subset, split, tuple(modalities))
+        self._dataset: MMEarth | None = None
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        if self._dataset is None:
+            root, subset, split, modalities = self.arguments
+            self._dataset = MMEarth(
+                root, subset, split, modalities=modalities, normalize=False
+            )
+        return self._dataset.stored_tile(index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {'arguments': self.arguments, '_dataset': None}
+
+
+def folder_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of the files under *path* (or of the file *path*).
+
+    Args:
+        path: a file or folder.
+
+    Returns:
+        The total size of its files.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
+
+
+def shard_corpus(
+    root: str | os.PathLike[str],
+    subset: str,
+    output_dir: str | os.PathLike[str],
+    splits: Sequence[str] | None = None,
+    compression: str | None = DEFAULT_COMPRESSION,
+    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    start_method: str | None = None,
+    progress: bool = True,
+) -> ShardReport:
+    """Write every modality of every split of an MMEarth corpus as litdata shards.
+
+    The tiles keep their stored dtypes and bands (the reader selects bands and
+    turns one-hot vectors into classes, as the HDF5 reader does); the splits are
+    those of the corpus's splits file, read as
+    :class:`~torchgeo_mmearth.datasets.MMEarth` reads them, and each tile keeps its
+    tile id and Sentinel-2 processing level (from ``_tile_info.json`` for merged
+    corpora whose HDF5 lacks it).
+
+    The shards are written into ``<output_dir>.partial`` and renamed to
+    *output_dir* when every split is complete. An interrupted run leaves the
+    temporary folder; running the same conversion again keeps the finished splits
+    and continues the interrupted one from litdata's checkpoints.
+
+    Args:
+        root: directory that holds the corpus folder.
+        subset: 'MMEarth', 'MMEarth64', 'MMEarth100k', 'MMEarthDemo' or a corpus
+            folder name ``data_<name>`` (as for :class:`MMEarth`).
+        output_dir: the shard folder to write (local; upload it afterwards).
+        splits: the splits to convert; None converts those of the splits file.
+        compression: ``None`` or litdata's ``'zstd'`` / ``'zstd:<level>'``.
+        chunk_bytes: the size of each chunk (an int, or a string such as '64MB').
+        num_workers: processes that read and write tiles; None uses litdata's
+            default (one per CPU core).
+        overwrite: replace an existing shard folder at *output_dir*.
+        start_method: multiprocessing start method of the workers; None forks
+            where the platform can (the workers start in a fraction of the time
+            of spawn, and the reader closes its HDF5 handles before a fork).
+        progress: show litdata's progress bar.
+
+    Returns:
+        The sizes, tiles and time of the conversion.
+
+    Raises:
+        FileExistsError: if *output_dir* exists and *overwrite* is False.
+        ValueError: for an unknown subset or split, or a temporary folder left by
+            an interrupted conversion with other arguments.
+    """
+    # First: it turns off litdata's version check (a call to PyPI) before import.
+    from ..datasets.streaming import MANIFEST, SHARD_FORMAT  # noqa: I001
+
+    from litdata import optimize
+
+    started = time.perf_counter()
+    output = Path(output_dir)
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f'{output} exists; pass overwrite=True (--overwrite) to replace it'
+        )
+    # Any split reads the corpus files: take the layout from the first one.
+    probe = MMEarth(root, subset, MMEarth.splits[0], modalities=[], normalize=False)
+    with open(probe.splits_path) as f:
+        split_names = list(json.load(f))
+    if splits is None:
+        splits = [name for name in MMEarth.splits if name in split_names]
+    for split in splits:
+        if split not in split_names:
+            raise ValueError(
+                f'{probe.splits_path} has no split {split!r}; it has {split_names}'
+            )
+    with h5py.File(probe.h5_path, 'r') as file:
+        stored = {
+            name: {'dtype': str(file[name].dtype), 'shape': list(file[name].shape[1:])}
+            for name in MODALITIES
+            if name in file
+        }
+    modalities = list(stored)
+    arguments = {
+        'source': str(probe.h5_path.resolve()),
+        'splits': list(splits),
+        'compression': compression,
+        'chunk_bytes': chunk_bytes,
+        'modalities': modalities,
+    }
+
+    partial = output.with_name(output.name + '.partial')
+    record_path = partial / _PROGRESS
+    done: list[str] = []
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record['arguments'] != arguments:
+            raise ValueError(
+                f'{partial} holds an interrupted conversion with other arguments '
+                f'({record["arguments"]}); remove it to start again'
+            )
+        done = list(record['done'])
+    elif partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    resumed = tuple(done)
+
+    tiles: dict[str, int] = {}
+    for split in splits:
+        dataset = MMEarth(root, subset, split, modalities=modalities, normalize=False)
+        tiles[split] = len(dataset)
+        if split in done or len(dataset) == 0:
+            continue
+        optimize(
+            fn=_StoredTiles(str(root), subset, split, modalities),
+            inputs=list(range(len(dataset))),
+            output_dir=str(partial / split),
+            chunk_bytes=chunk_bytes,
+            compression=compression,
+            num_workers=max(1, min(num_workers or os.cpu_count() or 1, len(dataset))),
+            use_checkpoint=True,
+            start_method=start_method or _default_start_method(),
+            verbose=progress,
+        )
+        written = _items_written(partial / split)
+        if written != len(dataset):
+            raise RuntimeError(
+                f'{partial / split}: litdata wrote {written} of the {len(dataset)} '
+                f'tiles of split {split!r} (a worker failed; see its error above)'
+            )
+        done.append(split)
+        with atomic_path(record_path) as temporary:
+            temporary.write_text(json.dumps({'arguments': arguments, 'done': done}))
+
+    manifest = {
+        'format': SHARD_FORMAT[0],
+        'version': SHARD_FORMAT[1],
+        'subset': subset,
+        'folder': probe.directory.name,
+        'tile_size': _tile_size(probe.h5_path, stored),
+        'modalities': stored,
+        'splits': tiles,
+        'compression': compression,
+        'source': {'h5': probe.h5_path.name, 'h5_bytes': folder_bytes(probe.h5_path)},
+        'band_stats': probe.band_stats,
+    }
+    with atomic_path(partial / MANIFEST) as temporary:
+        temporary.write_text(json.dumps(manifest))
+    record_path.unlink()
+    for split in splits:
+        shutil.rmtree(partial / split / '.checkpoints', ignore_errors=True)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(partial, output)
+    return ShardReport(
+        output_dir=output,
+        h5_bytes=manifest['source']['h5_bytes'],
+        shard_bytes=folder_bytes(output),
+        seconds=time.perf_counter() - started,
+        tiles=tiles,
+        compression=compression,
+        resumed_splits=resumed,
+    )
+
+
+def _tile_size(h5_path: Path, stored: dict[str, dict[str, Any]]) -> int | None:
+    """The side of the pixel-level tiles of a corpus, None without any.
+
+    Args:
+        h5_path: the corpus HDF5 file (for the error message).
+        stored: stored shape and dtype per modality.
+
+    Returns:
+        The tile side in pixels.
+
+    Raises:
+        ValueError: if the pixel-level modalities differ in size.
+    """
+    sizes = {tuple(s['shape'][1:]) for s in stored.values() if len(s['shape']) == 3}
+    if len(sizes) > 1:
+        raise ValueError(f'{h5_path}: pixel-level datasets differ in size: {sizes}')
+    return sizes.pop()[0] if sizes else None
+
+
+def _items_written(split_dir: Path) -> int:
+    """Items listed by the litdata index of one split (0 without an index)."""
+    index = split_dir / 'index.json'
+    if not index.is_file():
+        return 0
+    chunks = json.loads(index.read_text()).get('chunks', [])
+    return sum(int(chunk['chunk_size']) for chunk in chunks)
+
+
+def _default_start_method() -> str:
+    import multiprocessing
+
+    return 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``torchgeo-mmearth shard``.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog='torchgeo-mmearth shard',
+        description='Convert an MMEarth-format corpus (HDF5) into litdata shards '
+        'for streaming to many GPUs and nodes.',
+        epilog='example: torchgeo-mmearth shard --root data --subset MMEarth64 '
+        '--out shards/mmearth64 --workers 16; then upload the folder (e.g. '
+        'aws s3 sync shards/mmearth64 s3://bucket/mmearth64). An interrupted '
+        'conversion resumes when run again with the same arguments.',
+    )
+    parser.add_argument('--root', required=True, help='folder that holds the corpus')
+    parser.add_argument(
+        '--subset',
+        required=True,
+        help="MMEarth, MMEarth64, MMEarth100k, MMEarthDemo or a corpus folder 'data_<name>'",
+    )
+    parser.add_argument('--out', required=True, help='shard folder to write')
+    parser.add_argument(
+        '--splits', nargs='*', default=None, help='splits to convert (default: all)'
+    )
+    parser.add_argument(
+        '--compression',
+        default='none' if DEFAULT_COMPRESSION is None else DEFAULT_COMPRESSION,
+        help="'none', 'zstd' or 'zstd:<level>' (default: none; zstd halves the "
+        'bytes and costs about 1 CPU ms per tile to read)',
+    )
+    parser.add_argument(
+        '--chunk-bytes',
+        default=DEFAULT_CHUNK_BYTES,
+        help=f'size of each chunk (default {DEFAULT_CHUNK_BYTES})',
+    )
+    parser.add_argument(
+        '--workers', type=int, default=None, help='processes (default: CPU cores)'
+    )
+    parser.add_argument(
+        '--overwrite', action='store_true', help='replace an existing shard folder'
+    )
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``torchgeo-mmearth shard``: convert, then print the report.
+
+    Args:
+        argv: the arguments after ``shard``.
+
+    Returns:
+        The exit status: 0, 2 for a refused or wrong conversion, 130 when
+        interrupted (the finished splits are kept for the next run).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    compression = None if args.compression in (None, 'none') else args.compression
+    try:
+        report = shard_corpus(
+            args.root,
+            args.subset,
+            args.out,
+            splits=args.splits,
+            compression=compression,
+            chunk_bytes=args.chunk_bytes,
+            num_workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        command = shlex.join(['torchgeo-mmearth', 'shard', *argv])
+        print(
+            f'\nInterrupted: the finished splits are kept in {args.out}.partial. '
+            f'To resume: {command}',
+            file=sys.stderr,
+        )
+        return 130
+    except (FileExistsError, FileNotFoundError, ImportError, ValueError) as error:
+        print(f'torchgeo-mmearth shard: error: {error}', file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0

@@ -1,0 +1,290 @@
+"""MMEarth as litdata shards: the samples of the HDF5 reader, streamed from disk or S3.
+
+A shard folder, written once by :func:`torchgeo_mmearth.corpus.shard_corpus`
+(``torchgeo-mmearth shard``), holds one litdata dataset per split and a manifest::
+
+    <shards>/mmearth_shards.json      corpus name, tile size, stored layout, band
+                                      statistics, tiles per split, compression
+    <shards>/train/index.json, *.bin  litdata chunks of the 'train' split
+    <shards>/val/...  <shards>/test/...
+
+Each stored item is one tile: every modality as stored in the HDF5 file (raw dtype,
+every band), its tile id, its Sentinel-2 processing level index and its HDF5 row.
+:class:`StreamingMMEarth` turns items into exactly the samples that
+``MMEarth(normalize=False)`` returns for the same tile. This module needs litdata
+(``pip install 'torchgeo-mmearth[streaming]'``); ``torchgeo_mmearth.datasets``
+imports it on first use of :class:`StreamingMMEarth`.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modalities import resolve_modality_bands
+from ..transforms import MMEarthNormalize
+from .mmearth import _sample_entry, _sample_plan
+
+# litdata asks PyPI for a newer version of itself in every dataset and conversion:
+# no network call that the user did not ask for.
+os.environ.setdefault('LITDATA_DISABLE_VERSION_CHECK', '1')
+try:
+    from litdata import StreamingDataset
+except ImportError as _error:  # pragma: no cover - tested without litdata
+    raise ImportError(
+        f'MMEarth shards need litdata ({_error}): '
+        "pip install 'torchgeo-mmearth[streaming]'"
+    ) from _error
+
+__all__ = ['MANIFEST', 'SHARD_FORMAT', 'StreamingMMEarth', 'read_manifest']
+
+#: Name of the manifest file at the top of a shard folder.
+MANIFEST = 'mmearth_shards.json'
+#: Value of the manifest's ``format`` entry, and its version.
+SHARD_FORMAT = ('torchgeo-mmearth-shards', 1)
+
+Sample = dict[str, Any]
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def read_manifest(
+    input_dir: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read the manifest of a shard folder, local or remote (``s3://...``).
+
+    Args:
+        input_dir: the shard folder.
+        storage_options: options of the remote store (litdata's, e.g.
+            ``{'endpoint_url': ...}``).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        FileNotFoundError: if the folder has no manifest.
+        ValueError: if the manifest is not one of this format.
+    """
+    location = f'{str(input_dir).rstrip("/")}/{MANIFEST}'
+    if _is_remote(str(input_dir)):
+        from litdata.streaming.fs_provider import _get_fs_provider
+
+        provider = _get_fs_provider(location, dict(storage_options or {}))
+        with tempfile.TemporaryDirectory() as directory:
+            local = Path(directory) / MANIFEST
+            try:
+                provider.download_file(location, str(local))
+            except Exception as error:
+                raise FileNotFoundError(
+                    f'{location}: cannot read the shard manifest ({error}); '
+                    "write shards with 'torchgeo-mmearth shard' and upload the "
+                    'whole folder'
+                ) from error
+            text = local.read_text()
+    else:
+        path = Path(location)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f'{path} is missing: {input_dir} is not a folder of MMEarth shards '
+                "(write one with 'torchgeo-mmearth shard')"
+            )
+        text = path.read_text()
+    try:
+        manifest: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f'{location} is not valid JSON ({error})') from error
+    if (manifest.get('format'), manifest.get('version')) != SHARD_FORMAT:
+        raise ValueError(
+            f'{location}: format {manifest.get("format")!r} version '
+            f'{manifest.get("version")!r}, expected {SHARD_FORMAT[0]!r} version '
+            f'{SHARD_FORMAT[1]}'
+        )
+    return manifest
+
+
+class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
+    """The MMEarth corpora streamed from litdata shards, local or on S3.
+
+    A :class:`litdata.StreamingDataset` over one split of a shard folder written by
+    :func:`~torchgeo_mmearth.corpus.shard_corpus`. Its samples are exactly those of
+    :class:`~torchgeo_mmearth.datasets.MMEarth` with ``normalize=False`` for the
+    same tiles: the same keys, raw stored dtypes, one-hot classes as indices (the
+    ignore index unless exactly one 1), bands selected per *modality_bands*,
+    ``s2_type`` and ``tile_id``; and the same split membership, taken from the
+    corpus's splits file when the shards were written. Normalise them with
+    :attr:`normalizer` (on the device, as
+    :class:`~torchgeo_mmearth.datamodules.MMEarthStreamingDataModule` does).
+
+    Iterating shuffles across chunks and, under ``torch.distributed``, gives each
+    rank and DataLoader worker its own part of the split (litdata's work
+    distribution); use :class:`litdata.StreamingDataLoader` to resume mid-epoch.
+    """
+
+    def __init__(
+        self,
+        input_dir: str | os.PathLike[str],
+        split: str = 'train',
+        modalities: Sequence[str] | None = None,
+        modality_bands: Mapping[str, Sequence[str]] | None = None,
+        shuffle: bool = False,
+        seed: int = 42,
+        drop_last: bool | None = None,
+        cache_dir: str | None = None,
+        max_cache_size: int | str = '100GB',
+        storage_options: Mapping[str, Any] | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ) -> None:
+        """Initialize a new StreamingMMEarth instance.
+
+        Args:
+            input_dir: the shard folder: a local path, or ``s3://bucket/prefix``.
+            split: 'train', 'val' or 'test'.
+            modalities: modalities to load; None loads the 12 MP-MAE pretext
+                modalities, as :class:`~torchgeo_mmearth.datasets.MMEarth`.
+            modality_bands: bands per modality, in the order wanted in the samples.
+            shuffle: shuffle the chunks and the tiles within them every epoch.
+            seed: seed of the shuffle (the same on every rank).
+            drop_last: drop tiles so that every rank gets as many; litdata's default
+                (None) drops them under distributed training only.
+            cache_dir: where remote (or compressed) chunks are kept while read;
+                None uses litdata's default.
+            max_cache_size: the most that *cache_dir* may hold.
+            storage_options: options of the remote store, passed to litdata (for
+                an S3-compatible endpoint: ``{'endpoint_url': 'http://...'}``).
+            transforms: a function/transform that takes a sample and returns a
+                transformed version.
+
+        Raises:
+            FileNotFoundError: if *input_dir* holds no shards (or not of *split*).
+            ValueError: for an unknown split, modality or band, or a modality that
+                the shards do not hold.
+        """
+        input_dir = str(input_dir)
+        manifest = read_manifest(input_dir, storage_options)
+        splits: dict[str, int] = manifest['splits']
+        if split not in splits:
+            raise ValueError(
+                f'{input_dir}/{MANIFEST} has no split {split!r}; it has {list(splits)}'
+            )
+        self.modality_bands = resolve_modality_bands(modalities, modality_bands)
+        self.modalities = tuple(self.modality_bands)
+        stored = manifest['modalities']
+        missing = [name for name in self.modality_bands if name not in stored]
+        if missing:
+            raise ValueError(
+                f'{input_dir} holds no shards of {missing}; it holds {sorted(stored)}'
+            )
+        split_dir = f'{input_dir.rstrip("/")}/{split}'
+        if not _is_remote(input_dir) and not (Path(split_dir) / 'index.json').is_file():
+            raise FileNotFoundError(
+                f'{split_dir}/index.json is missing: the shards of split {split!r} '
+                'are incomplete'
+            )
+        options: dict[str, Any] = {}
+        if storage_options:
+            options['storage_options'] = dict(storage_options)
+        self._allow_http = str(
+            (storage_options or {}).get('endpoint_url', '')
+        ).startswith('http://')
+        _allow_plain_http(self._allow_http)
+        super().__init__(
+            split_dir,
+            cache_dir=cache_dir,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            max_cache_size=max_cache_size,
+            # One tile is a few hundred KB of arrays: decode the tile asked for
+            # only (litdata's default decodes a window of up to 256 around it).
+            batch_decode=0,
+            **options,
+        )
+        #: The shard folder (as ``root`` of MMEarth, recorded in checkpoints).
+        self.root = input_dir
+        self.split = split
+        self.subset: str = manifest['subset']
+        self.tile_size: int | None = manifest['tile_size']
+        self.band_stats: dict[str, Any] = manifest['band_stats']
+        self.manifest = manifest
+        self.transforms = transforms
+        self._plan = _sample_plan(self.modality_bands)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle in a DataLoader worker started by spawn.
+
+        Args:
+            state: the pickled state.
+        """
+        self.__dict__.update(state)
+        _allow_plain_http(state.get('_allow_http', False))
+
+    @property
+    def normalizer(self) -> MMEarthNormalize:
+        """The normalisation of ``MMEarth(normalize=True)``, to apply on a device.
+
+        Built from :attr:`band_stats` and :attr:`modality_bands`.
+        """
+        return MMEarthNormalize(self.band_stats, self.modality_bands)
+
+    def __getitem__(self, index: Any) -> Any:
+        """Return one tile (or a list of tiles for a slice).
+
+        Args:
+            index: index within the split (or litdata's chunked index, or a slice).
+
+        Returns:
+            The sample, as ``MMEarth(normalize=False)[i]`` returns it.
+        """
+        item = super().__getitem__(index)
+        if isinstance(item, list):
+            return [self.sample(entry) for entry in item]
+        return self.sample(item)
+
+    def sample(self, item: Mapping[str, Any]) -> Sample:
+        """Turn one stored item into a sample.
+
+        Args:
+            item: a deserialised item of the shards.
+
+        Returns:
+            The sample.
+        """
+        sample: Sample = {}
+        for name, key, one_hot, selection in self._plan:
+            sample[key] = _sample_entry(_array(item[name]), one_hot, selection)
+        sample['s2_type'] = torch.tensor(int(item['s2_type']))
+        sample['tile_id'] = str(item['tile_id'])
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
+
+
+def _array(value: Any) -> np.ndarray:
+    """A stored array as NumPy (litdata may hand back a tensor)."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _allow_plain_http(allow: bool) -> None:
+    """Let litdata's obstore downloads use an ``http://`` S3-compatible endpoint.
+
+    litdata 0.2.76 builds obstore's ``S3Store`` from the boto3 client's endpoint
+    but not its scheme, and obstore refuses plain HTTP ("builder error") unless
+    the client options allow it: a local MinIO or test server on ``http://``
+    needs this.
+    """
+    if not allow:
+        return
+    from litdata.streaming import downloader
+
+    options = getattr(downloader, '_OBSTORE_CLIENT_OPTIONS', None)
+    if isinstance(options, dict):
+        options['allow_http'] = True
