@@ -182,3 +182,42 @@ def test_two_processes_read_disjoint_parts_of_the_split(
     assert all(len(seen) == 3 for seen in ranks)
     assert not set(ranks[0]) & set(ranks[1])
     assert sorted(ranks[0] + ranks[1]) == tiles
+
+
+@pytest.mark.slow
+def test_two_processes_resume_mid_epoch(mmearth_shards: Path, tmp_path: Path) -> None:
+    # DDP (gloo, 2 CPU processes) stopped after 1 of 3 steps, resumed: each rank
+    # reads the rest of its part of the epoch, as an uninterrupted run does.
+
+    def fit(
+        name: str, max_steps: int, ckpt_path: Path | None = None
+    ) -> list[list[str]]:
+        out = tmp_path / name
+        out.mkdir()
+        run = trainer(
+            tmp_path,
+            max_steps=max_steps,
+            devices=2,
+            strategy=lightning.pytorch.strategies.DDPStrategy(
+                start_method='spawn', process_group_backend='gloo'
+            ),
+            callbacks=[
+                ModelCheckpoint(
+                    dirpath=out / 'ckpt', save_last=True, every_n_train_steps=1
+                )
+            ],
+        )
+        run.fit(
+            Recorder(str(out)),
+            streaming(mmearth_shards, tmp_path, batch_size=1, num_workers=1),
+            ckpt_path=ckpt_path,
+        )
+        return [json.loads((out / f'rank{r}.json').read_text()) for r in range(2)]
+
+    first = fit('first', max_steps=1)
+    rest = fit('rest', max_steps=3, ckpt_path=tmp_path / 'first' / 'ckpt' / 'last.ckpt')
+    uninterrupted = fit('uninterrupted', max_steps=3)
+    assert [len(seen) for seen in first] == [1, 1]
+    assert [len(seen) for seen in rest] == [2, 2]
+    assert [a + b for a, b in zip(first, rest, strict=True)] == uninterrupted
+    assert not set(uninterrupted[0]) & set(uninterrupted[1])
