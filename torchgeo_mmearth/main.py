@@ -18,13 +18,13 @@ their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Five more subcommands:
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_path
+from ._interrupt import command_line, report_interrupted
 
 __all__ = ['export_weights', 'main']
 
@@ -116,13 +116,11 @@ def _export_weights_main(argv: Sequence[str]) -> int:
     try:
         path = export_weights(args.checkpoint, args.out)
     except KeyboardInterrupt:
-        command = shlex.join(['torchgeo-mmearth', 'export-weights', *argv])
-        print(
-            f'\nInterrupted: nothing was written to {args.out}. To export again: '
-            f'{command}',
-            file=sys.stderr,
+        return report_interrupted(
+            f'nothing was written to {args.out}',
+            'To export again',
+            command_line('export-weights', argv),
         )
-        return 130
     print(f'encoder weights written to {path}')
     return 0
 

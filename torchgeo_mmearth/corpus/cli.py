@@ -2,12 +2,12 @@
 
 import argparse
 import logging
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._interrupt import command_line, report_interrupted
 from .bigearthnet import bigearthnet_source
 from .builder import AUXILIARY_MODALITIES, BuildInterrupted, CorpusBuilder
 from .geotiff import GeoTiffSource
@@ -285,9 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     # The same command, less --overwrite (which would discard the kept tiles).
-    resume = shlex.join(
-        ['torchgeo-mmearth', 'build-corpus', *(a for a in argv if a != '--overwrite')]
-    )
+    resume = command_line('build-corpus', [a for a in argv if a != '--overwrite'])
     paths = _pairs(parser, args.source, '--source')
     if 'sentinel2' in paths:
         parser.error('give Sentinel-2 with --sentinel2, not --source')
@@ -362,15 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'{parser.prog}: error: {error}', file=sys.stderr)
         return 1
     except BuildInterrupted as interrupted:
-        print(f'\nInterrupted: {interrupted}. To resume: {resume}', file=sys.stderr)
-        return 130
+        return report_interrupted(str(interrupted), 'To resume', resume)
     except KeyboardInterrupt:
-        print(
-            '\nInterrupted: what was built is kept (whole segments of '
-            f'--segment-size {args.segment_size} locations). To resume: {resume}',
-            file=sys.stderr,
+        kept = (
+            'what was built is kept (whole segments of '
+            f'--segment-size {args.segment_size} locations)'
         )
-        return 130
+        return report_interrupted(kept, 'To resume', resume)
     finally:
         logger.removeHandler(messages)
     print(report.summary())

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import h5py
 
 from .._atomic import atomic_path
+from .._interrupt import command_line, report_interrupted
 from ..datasets import MMEarth
 from ..modalities import MODALITIES
 
@@ -399,13 +399,11 @@ def main(argv: Sequence[str]) -> int:
             progress=not args.no_progress,
         )
     except KeyboardInterrupt:
-        command = shlex.join(['torchgeo-mmearth', 'shard', *argv])
-        print(
-            f'\nInterrupted: the finished splits are kept in {args.out}.partial. '
-            f'To resume: {command}',
-            file=sys.stderr,
+        return report_interrupted(
+            f'the finished splits are kept in {args.out}.partial',
+            'To resume',
+            command_line('shard', argv),
         )
-        return 130
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as error:
         print(f'torchgeo-mmearth shard: error: {error}', file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ It writes ``probe.{csv,md,png}`` (and ``label_efficiency.{csv,md,png}`` with
 import importlib
 import inspect
 import math
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 from lightning.pytorch import LightningDataModule
 
+from .._interrupt import command_line, report_interrupted
 from .features import ExtractedFeatures, extract_features, load_backbone
 from .label_efficiency import (
     LabelEfficiencyResult,
@@ -268,14 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _probe(parser, cfg)
     except KeyboardInterrupt:
-        command = shlex.join(['torchgeo-mmearth', 'probe', *arguments])
         cache: Path | None = cfg.cache
         if cache is not None and cache.exists():
             kept = f'the extracted features are kept in {cache}'
         else:
             kept = 'no features were kept (--cache FILE keeps them for the next run)'
-        print(f'\nInterrupted: {kept}. To resume: {command}', file=sys.stderr)
-        return 130
+        return report_interrupted(kept, 'To resume', command_line('probe', arguments))
 
 
 def _probe(parser: ArgumentParser, cfg: Namespace) -> int:

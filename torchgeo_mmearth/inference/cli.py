@@ -2,11 +2,12 @@
 
 import argparse
 import importlib
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .._interrupt import command_line, report_interrupted
 
 __all__ = ['build_parser', 'main']
 
@@ -158,12 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except KeyboardInterrupt:
-        command = shlex.join(['torchgeo-mmearth', 'embed', *argv])
-        print(
-            f'\nInterrupted: the finished batches are kept. To continue: {command}',
-            file=sys.stderr,
+        return report_interrupted(
+            'the finished batches are kept', 'To continue', command_line('embed', argv)
         )
-        return 130
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
