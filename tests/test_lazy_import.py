@@ -109,6 +109,9 @@ def test_subpackages_and_names_load_on_first_use() -> None:
     [
         (['export-weights', '--help'], HEAVY),
         (['probe', '--help'], ('torchgeo', 'segmentation_models_pytorch')),
+        # The corpus builder and the shard writer read no dataset to print help.
+        (['build-corpus', '--help'], ('torchgeo', 'matplotlib', 'litdata')),
+        (['shard', '--help'], ('torchgeo', 'matplotlib', 'litdata')),
     ],
 )
 def test_help_imports_only_what_it_needs(

@@ -16,14 +16,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 
 from .._atomic import atomic_path
 from .._interrupt import command_line, report_interrupted
-from ..datasets import MMEarth
 from ..modalities import MODALITIES
+
+if TYPE_CHECKING:
+    # The reader brings PyTorch, TorchGeo's datasets and matplotlib: it is imported
+    # when a conversion runs, so that importing the corpus builder (and
+    # `build-corpus --help`) does without them.
+    from ..datasets import MMEarth
 
 __all__ = [
     'DEFAULT_CHUNK_BYTES',
@@ -107,6 +112,8 @@ class _StoredTiles:
 
     def __call__(self, index: int) -> dict[str, Any]:
         if self._dataset is None:
+            from ..datasets import MMEarth
+
             root, subset, split, modalities = self.arguments
             self._dataset = MMEarth(
                 root, subset, split, modalities=modalities, normalize=False
@@ -186,6 +193,8 @@ def shard_corpus(
     from ..datasets.streaming import MANIFEST, SHARD_FORMAT  # noqa: I001
 
     from litdata import optimize
+
+    from ..datasets import MMEarth
 
     started = time.perf_counter()
     output = Path(output_dir)
