@@ -8,10 +8,15 @@ layout and size, synthetic values), through Lightning, and reports samples/s and
 the loader's share of the time: the time between the end of one step and the start
 of the next (waiting for the DataLoader, the transfer and the on-device
 normalisation and crops) over the whole time. Options try bf16-mixed precision,
-channels_last and torch.compile on a GPU. Run from the repo root::
+channels_last and torch.compile on a GPU, and ``--shards`` reads the same corpus
+as litdata shards (written once by ``torchgeo-mmearth shard`` into
+``<root>/shards``) through
+:class:`~torchgeo_mmearth.datamodules.MMEarthStreamingDataModule`. Run from the
+repo root::
 
     python benchmarks/bench_pretrain.py --steps 20
     python benchmarks/bench_pretrain.py --precision bf16-mixed --channels-last --compile
+    python benchmarks/bench_pretrain.py --shards --batch-size 256 --workers 8
 """
 
 import argparse
@@ -23,7 +28,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from synthetic_corpus import DEFAULT_ROOT, ensure_corpus
 
-from torchgeo_mmearth.datamodules import MMEarthDataModule
+from torchgeo_mmearth.datamodules import MMEarthDataModule, MMEarthStreamingDataModule
 from torchgeo_mmearth.trainers import MPMAETask
 
 
@@ -73,6 +78,9 @@ def main() -> None:
     parser.add_argument('--precision', default='32-true')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument(
+        '--shards', action='store_true', help='read litdata shards of the corpus'
+    )
     args = parser.parse_args()
     ensure_corpus(args.root)
 
@@ -81,13 +89,28 @@ def main() -> None:
         task = task.to(memory_format=torch.channels_last)
     if args.compile:
         task.mpmae.decoder = torch.compile(task.mpmae.decoder)  # type: ignore[assignment]
-    datamodule = MMEarthDataModule(
-        root=str(args.root),
-        subset='MMEarth64',
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        val_split=None,
-    )
+    datamodule: MMEarthDataModule | MMEarthStreamingDataModule
+    if args.shards:
+        shards = args.root / 'shards'
+        if not shards.exists():
+            from torchgeo_mmearth.corpus import shard_corpus
+
+            shard_corpus(args.root, 'MMEarth64', shards, progress=False)
+        datamodule = MMEarthStreamingDataModule(
+            str(shards),
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            val_split=None,
+            cache_dir=str(args.root / 'shards_cache'),
+        )
+    else:
+        datamodule = MMEarthDataModule(
+            root=str(args.root),
+            subset='MMEarth64',
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            val_split=None,
+        )
     timer = StepTimer(args.warmup)
     trainer = Trainer(
         max_epochs=1,
@@ -106,9 +129,10 @@ def main() -> None:
         if torch.cuda.is_available()
         else f'CPU, {torch.get_num_threads()} threads'
     )
+    source = 'shards' if args.shards else 'HDF5'
     print(
-        f'MP-MAE atto 56/8, 12 tasks, batch {args.batch_size}, {args.workers} workers, '
-        f'precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}; {device}'
+        f'MP-MAE atto 56/8, 12 tasks, {source}, batch {args.batch_size}, '
+        f'{args.workers} workers, precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}; {device}'
     )
     print(f'{len(timer.steps)} steps after {args.warmup} warm-up steps')
     print(f'samples/s end to end: {len(timer.steps) * args.batch_size / total:.1f}')

@@ -131,8 +131,9 @@ def main() -> None:
         for runs in zip(*rounds, strict=True)
     ]
 
+    tiles = sum(conversions[0][1].tiles.values())
     print(
-        f'synthetic MMEarth64 layout, {args.tiles} tiles of 64 px, {len(modalities)} '
+        f'synthetic MMEarth64 layout, {tiles} tiles of 64 px, {len(modalities)} '
         f'modalities, batch {args.batch_size}, {args.workers} workers, '
         f'{args.batches} batches, median of {args.repeats}; torch {torch.__version__}, '
         f'{os.cpu_count()} CPUs'

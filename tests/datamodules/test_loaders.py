@@ -270,3 +270,132 @@ class TestPackedDataLoader:
             Samples(), workers=1, multiprocessing_context='spawn', batch_size=5
         )
         assert same(list(packed), list(plain))
+
+
+class Counted(Dataset[dict[str, Any]]):
+    """Forty samples that carry the number of buffers their worker has allocated."""
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return 40
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Sample *index*, with the allocations of this worker so far."""
+        pool = loaders_module._worker_buffer_pool
+        allocated = 0 if pool is None else pool.allocated
+        return {**sample(index), 'allocated': allocated}
+
+
+def without_counts(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k != 'allocated'}
+
+
+class TestBufferReuse:
+    """Workers fill their shared buffers again once the main process is done."""
+
+    def test_workers_reuse_their_buffers(self) -> None:
+        plain = DataLoader(Counted(), batch_size=2)
+        loader = PackedDataLoader(Counted(), batch_size=2, num_workers=1)
+        counts = []
+        for batch, expected in zip(loader, plain, strict=True):
+            assert same(without_counts(batch), without_counts(expected))
+            counts.append(int(batch['allocated'].max()))
+            del batch  # as a training loop drops each batch
+        # 20 batches from the few buffers in use at once.
+        assert max(counts) <= 5
+        assert counts[-1] == counts[len(counts) // 2]
+
+    def test_batches_kept_are_never_overwritten(self) -> None:
+        plain = list(DataLoader(Samples(), batch_size=1))
+        loader = PackedDataLoader(Samples(), batch_size=1, num_workers=1)
+        kept = list(loader)  # all ten batches held at once
+        assert same(kept, plain)
+
+    def test_tensors_kept_past_their_batch_are_never_overwritten(self) -> None:
+        plain = [b['image_sentinel1'] for b in DataLoader(Counted(), batch_size=2)]
+        loader = PackedDataLoader(Counted(), batch_size=2, num_workers=1)
+        detached, arrays, storages = [], [], []
+        for i, batch in enumerate(loader):
+            # References that are not views of the batch's buffer tensor.
+            if i % 3 == 0:
+                detached.append((i, batch['image_sentinel1'].detach()))
+            elif i % 3 == 1:
+                arrays.append((i, batch['image_sentinel1'].numpy()))
+            else:
+                tensor = batch['image_sentinel1']
+                offset, shape = tensor.storage_offset(), tensor.shape
+                storage = tensor.untyped_storage()
+                storages.append((i, storage, offset, shape))
+            del batch
+        for i, tensor in detached:
+            assert same(tensor, plain[i])
+        for i, array in arrays:
+            assert same(torch.from_numpy(array), plain[i])
+        for i, storage, offset, shape in storages:
+            tensor = torch.empty(0).set_(storage, offset, shape)
+            assert same(tensor, plain[i])
+
+    def test_persistent_workers_keep_a_batch_across_epochs(self) -> None:
+        kwargs: dict[str, Any] = {'batch_size': 2, 'shuffle': False}
+        plain = list(DataLoader(Counted(), **kwargs))
+        loader = PackedDataLoader(
+            Counted(), num_workers=1, persistent_workers=True, **kwargs
+        )
+        last = None
+        for _ in range(3):
+            for i, batch in enumerate(loader):
+                assert same(without_counts(batch), without_counts(plain[i]))
+                if last is not None:
+                    assert same(without_counts(last), without_counts(plain[-1]))
+                if i == len(plain) - 1:
+                    last = batch
+                del batch
+
+    def test_returns_wait_for_the_last_reference(self) -> None:
+        storage = torch.UntypedStorage(128)
+        storage[0] = loaders_module._IN_USE
+        buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
+        slot = loaders_module._Slot(64, torch.float32, (2, 4))
+        slot.view(buffer).copy_(torch.arange(8.0).view(2, 4))
+        packed = PackedBatch(buffer, [('x', slot)], origin=(1, 0))
+        del buffer
+        returns = loaders_module.BufferReturns()
+        x = returns.unpack(packed)['x']
+        del packed
+        returns.return_unused()
+        assert storage[0] == loaders_module._IN_USE  # x still uses it
+        del x
+        returns.return_unused()
+        assert storage[0] == loaders_module._IN_USE  # `storage` here still does
+        kept = returns.held[(1, 0)][0]
+        del storage
+        returns.return_unused()
+        assert kept[0] == loaders_module._RETURNED
+        assert returns.held[(1, 0)][1]
+
+    def test_pinned_copies_return_the_worker_buffer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The pin-memory thread copies a batch: its worker buffer goes back."""
+        monkeypatch.setattr(Tensor, 'pin_memory', lambda t, *args: t.clone())
+        storage = torch.UntypedStorage(128)
+        storage[0] = loaders_module._IN_USE
+        buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
+        worker_batch = PackedBatch(
+            buffer, [('x', loaders_module._Slot(64, torch.uint8, (3,)))], (1, 0)
+        )
+        pinned = pin_memory(worker_batch)
+        assert isinstance(pinned, PackedBatch)
+        assert pinned.origin == (1, 0)
+        del worker_batch, buffer
+        returns = loaders_module.BufferReturns()
+        batch = returns.unpack(pinned)
+        del pinned
+        assert batch['x'].untyped_storage().data_ptr() != storage.data_ptr()
+        held = returns.held[(1, 0)][0]
+        assert held.untyped_storage().data_ptr() == storage.data_ptr()
+        del storage
+        returns.return_unused()
+        assert held[0] == loaders_module._RETURNED
+        returns.forget()
+        assert returns.held == {}

@@ -110,6 +110,45 @@ def test_same_batches_as_the_hdf5_datamodule(
     assert sum(len(b['tile_id']) for b in dm.test_dataloader()) == 2
 
 
+def test_worker_batches_equal_the_hdf5_samples(
+    mmearth_root: Path, mmearth_shards: Path, tmp_path: Path
+) -> None:
+    """Raw batches from workers (tiles copied once, from the mapped chunks)."""
+    bands = {
+        'sentinel2': ['B4', 'B3', 'B2', 'B8'],  # a selection: a new array per tile
+        'sentinel1': list(MODALITIES['sentinel1'].bands),
+        'dynamic_world': list(MODALITIES['dynamic_world'].bands),
+        'biome': list(MODALITIES['biome'].bands),  # one-hot: a class index
+        'era5': list(MODALITIES['era5'].bands),
+    }
+    dm = streaming(
+        mmearth_shards,
+        tmp_path,
+        modalities=list(bands),
+        modality_bands=bands,
+        batch_size=3,
+        num_workers=2,
+    )
+    dm.setup('fit')
+    reader = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+    samples = {s['tile_id']: s for s in (reader[i] for i in range(len(reader)))}
+    batches = list(dm.train_dataloader())
+    assert sum(len(b['tile_id']) for b in batches) == 6
+    for batch in batches:
+        expected = torch.utils.data.default_collate(
+            [samples[t] for t in batch['tile_id']]
+        )
+        assert list(batch) == list(expected)
+        for key, value in expected.items():
+            if isinstance(value, Tensor):
+                assert batch[key].dtype == value.dtype, key
+                assert torch.equal(batch[key].nan_to_num(), value.nan_to_num()), key
+    # The datamodule's datasets still give writable tensors in this process.
+    sample = dm.train_dataset[0]
+    assert isinstance(sample['image_sentinel1'], Tensor)
+    sample['image_sentinel1'] += 1
+
+
 def test_resume_mid_epoch_repeats_and_skips_nothing(
     mmearth_shards: Path, tmp_path: Path
 ) -> None:

@@ -1,11 +1,14 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
 from torchgeo_mmearth.corpus import shard_corpus
+from torchgeo_mmearth.corpus.shards import folder_bytes
 from torchgeo_mmearth.datasets import MMEarth, StreamingMMEarth
+from torchgeo_mmearth.datasets import streaming as streaming_module
 from torchgeo_mmearth.modalities import MODALITIES
 
 
@@ -61,6 +64,43 @@ def test_samples_equal_the_hdf5_reader(
         assert different == [], sample['tile_id']
     # Iterating (litdata's path) yields the same samples as indexing.
     assert sorted(s['tile_id'] for s in streamed) == sorted(expected)
+
+
+def test_zstd_chunks_are_compressed_and_stay_so(
+    mmearth_shards: Path, zstd_shards: Path, tmp_path: Path
+) -> None:
+    assert folder_bytes(zstd_shards) < 0.8 * folder_bytes(mmearth_shards)
+    files = {p: p.stat().st_size for p in zstd_shards.rglob('*') if p.is_file()}
+    streamed = StreamingMMEarth(zstd_shards, cache_dir=str(tmp_path))
+    assert len(list(streamed)) == len(streamed)
+    # Reading leaves the shards as written (no chunk decompressed in place).
+    assert {p: p.stat().st_size for p in zstd_shards.rglob('*') if p.is_file()} == files
+
+
+def test_views_in_datamodule_workers(
+    mmearth_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the datamodule's workers collate, pixel tiles are views of the chunk."""
+    modalities = list(MODALITIES)
+    plain = StreamingMMEarth(
+        mmearth_shards, modalities=modalities, cache_dir=str(tmp_path / 'plain')
+    )
+    views = StreamingMMEarth(
+        mmearth_shards, modalities=modalities, cache_dir=str(tmp_path / 'views')
+    )
+    views._views_in_workers = True
+    monkeypatch.setattr(streaming_module, 'get_worker_info', lambda: object())
+    for i in range(len(plain)):
+        expected, sample = plain[i], views[i]
+        assert list(sample) == list(expected)
+        s1 = sample['image_sentinel1']
+        assert isinstance(s1, np.ndarray) and not s1.flags.writeable
+        for key, value in expected.items():
+            if isinstance(value, Tensor):
+                assert isinstance(sample[key], np.ndarray), key
+                assert same(torch.as_tensor(sample[key].copy()), value), key
+            else:
+                assert sample[key] == value
 
 
 def test_band_selection_and_default_modalities(

@@ -5,7 +5,7 @@ from typing import Any
 
 from litdata import StreamingDataLoader
 
-from .loaders import PackedBatch
+from .loaders import BufferReturns, PackedBatch
 
 __all__ = ['PackedStreamingDataLoader']
 
@@ -16,9 +16,20 @@ class PackedStreamingDataLoader(StreamingDataLoader):  # type: ignore[misc]
     With ``collate_fn=pack_collate`` the workers collate with
     :func:`~torchgeo_mmearth.datamodules.loaders.pack_collate` and iterating
     unpacks each :class:`~torchgeo_mmearth.datamodules.loaders.PackedBatch`, as
-    :class:`~torchgeo_mmearth.datamodules.loaders.PackedDataLoader` does; the
-    loader's state (``state_dict``, ``load_state_dict``) is litdata's.
+    :class:`~torchgeo_mmearth.datamodules.loaders.PackedDataLoader` does (and
+    returns the workers' buffers for reuse); the loader's state (``state_dict``,
+    ``load_state_dict``) is litdata's.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Initialize a new PackedStreamingDataLoader instance.
+
+        Args:
+            *args: positional arguments of :class:`litdata.StreamingDataLoader`.
+            **kwargs: keyword arguments of :class:`litdata.StreamingDataLoader`.
+        """
+        super().__init__(*args, **kwargs)
+        self.buffer_returns = BufferReturns()
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over batches, unpacked.
@@ -26,5 +37,11 @@ class PackedStreamingDataLoader(StreamingDataLoader):  # type: ignore[misc]
         Yields:
             The batches.
         """
-        for batch in super().__iter__():
-            yield batch.unpack() if isinstance(batch, PackedBatch) else batch
+        returns = self.buffer_returns
+        if not self.persistent_workers:
+            returns.forget()  # the workers of the last iteration ended
+        try:
+            for batch in super().__iter__():
+                yield returns.unpack(batch) if isinstance(batch, PackedBatch) else batch
+        finally:
+            returns.return_unused()

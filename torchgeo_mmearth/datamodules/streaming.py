@@ -150,6 +150,8 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
         train = split == 'train'
         from ._streaming_loader import PackedStreamingDataLoader
 
+        # Pixel tiles leave the shards as views, copied once, into the batch.
+        dataset._views_in_workers = self.num_workers > 0
         loader = PackedStreamingDataLoader(
             dataset,
             batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),

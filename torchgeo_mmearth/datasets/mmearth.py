@@ -639,9 +639,10 @@ def _band_index(name: str, bands: Sequence[str]) -> np.ndarray | None:
 
 def _one_hot_index(vector: np.ndarray) -> int:
     """Class index of a one-hot vector; the ignore index unless exactly one 1."""
-    hot = np.flatnonzero(vector)
-    if len(hot) == 1 and vector[hot[0]] == 1:
-        return int(hot[0])
+    if np.count_nonzero(vector) == 1:
+        hot = int(vector.argmax())  # the one non-zero, unless it is negative
+        if vector[hot] == 1:
+            return hot
     return IGNORE_INDEX
 
 

@@ -8,8 +8,9 @@ A shard folder, written once by :func:`torchgeo_mmearth.corpus.shard_corpus`
     <shards>/train/index.json, *.bin  litdata chunks of the 'train' split
     <shards>/val/...  <shards>/test/...
 
-Each stored item is one tile: every modality as stored in the HDF5 file (raw dtype,
-every band), its tile id, its Sentinel-2 processing level index and its HDF5 row.
+Each stored item is one tile: the bytes of every modality as stored in the HDF5
+file (every band; the dtype, native byte order, and the shape are the manifest's),
+its tile id, its Sentinel-2 processing level index and its HDF5 row.
 :class:`StreamingMMEarth` turns items into exactly the samples that
 ``MMEarth(normalize=False)`` returns for the same tile. This module needs litdata
 (``pip install 'torchgeo-mmearth[streaming]'``); ``torchgeo_mmearth.datasets``
@@ -25,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..modalities import resolve_modality_bands
 from ..transforms import MMEarthNormalize
-from .mmearth import _sample_entry, _sample_plan
+from .mmearth import _one_hot_index, _sample_plan
 
 # litdata asks PyPI for a newer version of itself in every dataset and conversion:
 # no network call that the user did not ask for.
@@ -46,7 +48,7 @@ __all__ = ['MANIFEST', 'SHARD_FORMAT', 'StreamingMMEarth', 'read_manifest']
 #: Name of the manifest file at the top of a shard folder.
 MANIFEST = 'mmearth_shards.json'
 #: Value of the manifest's ``format`` entry, and its version.
-SHARD_FORMAT = ('torchgeo-mmearth-shards', 1)
+SHARD_FORMAT = ('torchgeo-mmearth-shards', 2)
 
 Sample = dict[str, Any]
 
@@ -104,7 +106,8 @@ def read_manifest(
         raise ValueError(
             f'{location}: format {manifest.get("format")!r} version '
             f'{manifest.get("version")!r}, expected {SHARD_FORMAT[0]!r} version '
-            f'{SHARD_FORMAT[1]}'
+            f"{SHARD_FORMAT[1]}; convert the corpus again with 'torchgeo-mmearth "
+            "shard'"
         )
     return manifest
 
@@ -215,6 +218,14 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         self.manifest = manifest
         self.transforms = transforms
         self._plan = _sample_plan(self.modality_bands)
+        self._layout = {
+            name: (np.dtype(stored[name]['dtype']), tuple(stored[name]['shape']))
+            for name in self.modality_bands
+        }
+        # Set by MMEarthStreamingDataModule for loaders whose workers collate with
+        # pack_collate: there, pixel tiles stay read-only views of the mapped
+        # chunk, copied once, into the batch (no transforms to hand tensors to).
+        self._views_in_workers = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle in a DataLoader worker started by spawn.
@@ -256,21 +267,35 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         Returns:
             The sample.
         """
+        views = (
+            self._views_in_workers
+            and self.transforms is None
+            and get_worker_info() is not None
+        )
         sample: Sample = {}
         for name, key, one_hot, selection in self._plan:
-            sample[key] = _sample_entry(_array(item[name]), one_hot, selection)
-        sample['s2_type'] = torch.tensor(int(item['s2_type']))
+            dtype, shape = self._layout[name]
+            tile = np.frombuffer(item[name], dtype).reshape(shape)
+            if one_hot:
+                index = _one_hot_index(tile)
+                sample[key] = _int64(index) if views else torch.tensor(index)
+                continue
+            if selection is not None:
+                tile = tile[selection]  # a new array
+            elif not views:
+                tile = tile.copy()  # writable, as the HDF5 reader's
+            sample[key] = tile if views else torch.from_numpy(tile)
+        s2_type = int(item['s2_type'])
+        sample['s2_type'] = _int64(s2_type) if views else torch.tensor(s2_type)
         sample['tile_id'] = str(item['tile_id'])
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
 
 
-def _array(value: Any) -> np.ndarray:
-    """A stored array as NumPy (litdata may hand back a tensor)."""
-    if isinstance(value, torch.Tensor):
-        return value.numpy()
-    return np.asarray(value)
+def _int64(value: int) -> np.ndarray:
+    """A 0-d int64 array: collated as ``torch.tensor(value)`` is, made faster."""
+    return np.array(value, dtype=np.int64)
 
 
 def _allow_plain_http(allow: bool) -> None:
