@@ -14,9 +14,16 @@ def test_cli_reports_and_never_overwrites_unless_asked(
 ) -> None:
     out = tmp_path / 'shards'
     args = ['shard', '--root', str(mmearth_root), '--subset', 'MMEarth64']
-    args += ['--out', str(out), '--workers', '2', '--no-progress']
+    args += ['--out', str(out), '--workers', '2']
     assert main([*args, '--compression', 'zstd:1']) == 0
-    report = capsys.readouterr().out
+    printed = capsys.readouterr()
+    report = printed.out
+    # The report alone on stdout; litdata's progress bars and no chatter on stderr.
+    assert (
+        report.startswith(f'shards written to {out}') and 'lightning.ai' not in report
+    )
+    assert "split 'train': 6 tiles" in printed.err and 'Progress' in printed.err
+    assert 'Worker' not in printed.err
     h5 = mmearth_root / 'data_1M_v001_64' / 'data_1M_v001_64.h5'
     assert (
         f'bytes on disk: {folder_bytes(out):,} (HDF5: {h5.stat().st_size:,}' in report
@@ -28,7 +35,8 @@ def test_cli_reports_and_never_overwrites_unless_asked(
 
     assert main(args) == 2
     assert 'exists; pass overwrite=True (--overwrite)' in capsys.readouterr().err
-    assert main([*args, '--overwrite']) == 0
+    assert main([*args, '--overwrite', '--no-progress']) == 0
+    assert capsys.readouterr().err == ''
     manifest = json.loads((out / 'mmearth_shards.json').read_text())
     assert manifest['compression'] == shards.DEFAULT_COMPRESSION
 

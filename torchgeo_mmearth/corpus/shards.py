@@ -8,7 +8,9 @@ folder is described in :mod:`torchgeo_mmearth.datasets.streaming`.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -270,19 +272,33 @@ def shard_corpus(
         tiles[split] = len(dataset)
         if split in done or len(dataset) == 0:
             continue
-        optimize(
-            fn=_StoredTiles(str(root), subset, split, stored),
-            inputs=list(range(len(dataset))),
-            output_dir=str(partial / split),
-            chunk_bytes=chunk_bytes,
-            compression=compression,
-            num_workers=max(1, min(num_workers or os.cpu_count() or 1, len(dataset))),
-            use_checkpoint=True,
-            start_method=start_method or _default_start_method(),
-            verbose=progress,
-        )
+        if progress:
+            print(f'split {split!r}: {len(dataset)} tiles', file=sys.stderr)
+        # litdata prints a dozen lines per split (and an advertisement) to stdout,
+        # its forked workers too; its progress bar is on stderr. They are shown
+        # only when the conversion fails.
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(chatter):
+                optimize(
+                    fn=_StoredTiles(str(root), subset, split, stored),
+                    inputs=list(range(len(dataset))),
+                    output_dir=str(partial / split),
+                    chunk_bytes=chunk_bytes,
+                    compression=compression,
+                    num_workers=max(
+                        1, min(num_workers or os.cpu_count() or 1, len(dataset))
+                    ),
+                    use_checkpoint=True,
+                    start_method=start_method or _default_start_method(),
+                    verbose=progress,
+                )
+        except Exception:
+            sys.stderr.write(chatter.getvalue())
+            raise
         written = _items_written(partial / split)
         if written != len(dataset):
+            sys.stderr.write(chatter.getvalue())
             raise RuntimeError(
                 f'{partial / split}: litdata wrote {written} of the {len(dataset)} '
                 f'tiles of split {split!r} (a worker failed; see its error above)'
