@@ -398,5 +398,7 @@ class TestBufferReuse:
         del storage
         returns.return_unused()
         assert held[0] == loaders_module._RETURNED
-        returns.forget()
+        returns.start_iteration(persistent_workers=True)
+        assert list(returns.held) == [(1, 0)]
+        returns.start_iteration(persistent_workers=False)
         assert returns.held == {}

@@ -134,8 +134,7 @@ class _StoredTiles:
             )
         tile = self._dataset.stored_tile(index)
         for name, stored in layout.items():
-            array = np.ascontiguousarray(tile[name], dtype=stored['dtype'])
-            tile[name] = array.tobytes()
+            tile[name] = np.asarray(tile[name], dtype=stored['dtype']).tobytes()
         tile['row'] = np.array([tile['row']], dtype=np.int64)
         return tile
 
@@ -293,16 +292,16 @@ def shard_corpus(
                     start_method=start_method or _default_start_method(),
                     verbose=progress,
                 )
+            written = _items_written(partial / split)
+            if written != len(dataset):
+                raise RuntimeError(
+                    f'{partial / split}: litdata wrote {written} of the '
+                    f'{len(dataset)} tiles of split {split!r} (a worker failed; see '
+                    'its error above)'
+                )
         except Exception:
             sys.stderr.write(chatter.getvalue())
             raise
-        written = _items_written(partial / split)
-        if written != len(dataset):
-            sys.stderr.write(chatter.getvalue())
-            raise RuntimeError(
-                f'{partial / split}: litdata wrote {written} of the {len(dataset)} '
-                f'tiles of split {split!r} (a worker failed; see its error above)'
-            )
         done.append(split)
         with atomic_path(record_path) as temporary:
             temporary.write_text(json.dumps({'arguments': arguments, 'done': done}))

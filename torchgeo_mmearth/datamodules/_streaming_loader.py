@@ -38,8 +38,7 @@ class PackedStreamingDataLoader(StreamingDataLoader):  # type: ignore[misc]
             The batches.
         """
         returns = self.buffer_returns
-        if not self.persistent_workers:
-            returns.forget()  # the workers of the last iteration ended
+        returns.start_iteration(self.persistent_workers)
         try:
             for batch in super().__iter__():
                 yield returns.unpack(batch) if isinstance(batch, PackedBatch) else batch

@@ -229,6 +229,10 @@ def _worker_buffers() -> _WorkerBuffers:
     return _worker_buffer_pool
 
 
+# PyTorch's count of the references to a storage (private; None where it is gone).
+_storage_use_count = getattr(torch._C, '_storage_Use_Count', None)
+
+
 def _references(buffer: Tensor) -> tuple[int, int] | None:
     """What references the storage of *buffer*: PyTorch's count and Python's.
 
@@ -237,11 +241,10 @@ def _references(buffer: Tensor) -> tuple[int, int] | None:
     it, so Python's count of that object is taken too. None where PyTorch does
     not count.
     """
-    use_count = getattr(torch._C, '_storage_Use_Count', None)
-    if use_count is None:
+    if _storage_use_count is None:
         return None
     storage = buffer.untyped_storage()
-    return int(use_count(storage._cdata)), sys.getrefcount(storage)
+    return int(_storage_use_count(storage._cdata)), sys.getrefcount(storage)
 
 
 # The references of a buffer that nothing but its one tensor holds.
@@ -294,9 +297,15 @@ class BufferReturns:
                 whole[0] = _RETURNED
                 self.held[origin] = (whole, True)
 
-    def forget(self) -> None:
-        """Let go of every buffer (their workers have ended)."""
-        self.held.clear()
+    def start_iteration(self, persistent_workers: bool) -> None:
+        """Let go of every buffer unless the workers of the last iteration go on.
+
+        Args:
+            persistent_workers: whether the loader keeps its workers between
+                iterations.
+        """
+        if not persistent_workers:
+            self.held.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the buffers, which belong to this process's workers.
@@ -380,8 +389,7 @@ class PackedDataLoader(DataLoader[T_co]):
         Returns:
             An iterator over the batches.
         """
-        if not self.persistent_workers:
-            self.buffer_returns.forget()  # the workers of the last iteration ended
+        self.buffer_returns.start_iteration(self.persistent_workers)
         iterator = super().__iter__()
         if self.collate_fn is not pack_collate:
             return iterator
