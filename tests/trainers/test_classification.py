@@ -235,7 +235,7 @@ class TestOptimizers:
         ).fit(task, FakeS2DataModule(batch_size=1, size=16))
         total = epochs * batches // accumulate
         assert len(recorder.steps) == total
-        scales = sorted({0.9**k for k in range(13)}, reverse=True)  # layers 1..13
+        scales = sorted({0.9**k for k in range(14)}, reverse=True)  # layers 0..13
         for step, groups in enumerate(recorder.steps):
             epoch = step / (batches // accumulate)
             cosine = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / 2))
@@ -480,7 +480,6 @@ class TestExamples:
             'label_smoothing': 0.2,
             'weight_decay': 0.3,
             'layer_decay': 0.9,
-            'decay_stem': False,
             'lr_schedule': 'cosine',
             'min_lr': 1e-6,
             'warmup_epochs': 0,

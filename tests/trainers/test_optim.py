@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from timm.optim import param_groups_layer_decay as timm_param_groups_layer_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.optim import SGD, AdamW
@@ -13,32 +14,32 @@ from torchgeo_mmearth.trainers import MMEarthClassificationTask
 from torchgeo_mmearth.trainers.optim import (
     WarmupCosineLR,
     add_param_group,
-    layer_id,
     param_groups_layer_decay,
 )
 
 ATTO = (2, 2, 6, 2)
 
 
-def reference_layer(name: str, depths: tuple[int, ...]) -> int:
-    """MMEarth's get_num_layer_for_convnext_single, on MMEarth's module names."""
+def convnextv2_layer(name: str, depths: tuple[int, ...]) -> int:
+    """ConvNeXt V2's get_num_layer_for_convnext_single, on ConvNeXt V2's names."""
     if name.startswith('downsample_layers'):
-        return sum(depths[: int(name.split('.')[1])]) + 1
+        stage = int(name.split('.')[1])
+        return 0 if stage == 0 else sum(depths[:stage]) + 1
     if name.startswith('stages'):
         stage, block = (int(i) for i in name.split('.')[1:3])
         return sum(depths[:stage]) + block + 1
     return sum(depths) + 1
 
 
-def mmearth_name(name: str) -> str:
-    """MMEarth's name of a parameter of MMEarthConvNeXtV2 (up to the leaf)."""
+def convnextv2_name(name: str) -> str:
+    """ConvNeXt V2's name of a parameter of MMEarthConvNeXtV2 (up to the leaf)."""
     parts = name.split('.')
     if parts[0] == 'stages' and parts[2] == 'blocks':
         return f'stages.{parts[1]}.{parts[3]}.{".".join(parts[4:])}'
     if parts[0] == 'stages' and parts[2] == 'downsample':
-        return f'downsample_layers.{int(parts[1]) - 1}.{".".join(parts[3:])}'
-    if parts[0] == 'stem':
-        return ('initial_conv.' if int(parts[1]) < 3 else 'stem.') + parts[1]
+        return f'downsample_layers.{parts[1]}.{".".join(parts[3:])}'
+    if parts[0] == 'stem':  # the custom stem replaces ConvNeXt V2's
+        return f'downsample_layers.0.{".".join(parts[1:])}'
     return name
 
 
@@ -63,68 +64,31 @@ def task() -> MMEarthClassificationTask:
     )
 
 
-class TestLayerId:
-    @pytest.mark.parametrize(
-        ('name', 'layer'),
-        [
-            ('stages.0.blocks.0.conv_dw.weight', 1),
-            ('stages.0.blocks.1.mlp.grn.weight', 2),
-            ('stages.1.blocks.0.norm.bias', 3),
-            ('stages.1.blocks.1.mlp.fc2.weight', 4),
-            ('stages.2.blocks.5.mlp.fc1.weight', 10),
-            ('stages.3.blocks.0.conv_dw.weight', 11),
-            ('stages.3.blocks.1.mlp.fc2.bias', 12),
-            # MMEarth's downsample_layers.i (before stage i + 1) -> sum(depths[:i]) + 1
-            ('stages.1.downsample.1.weight', 1),
-            ('stages.2.downsample.0.weight', 3),
-            ('stages.3.downsample.1.bias', 5),
-            # The custom stem, the final norm and the head: the last layer.
-            ('stem.0.weight', 13),
-            ('stem.3.weight', 13),
-            ('norm.weight', 13),
-            ('head.weight', 13),
-        ],
-    )
-    def test_reference(self, name: str, layer: int) -> None:
-        assert layer_id(name, ATTO) == layer
-        assert layer_id(name, ATTO) == reference_layer(mmearth_name(name), ATTO)
-
-    def test_decay_stem(self) -> None:
-        assert layer_id('stem.0.weight', ATTO, decay_stem=True) == 0
-        assert layer_id('stem.4.bias', ATTO, decay_stem=True) == 0
-        assert layer_id('head.weight', ATTO, decay_stem=True) == 13
-        assert layer_id('stages.0.blocks.0.norm.bias', ATTO, decay_stem=True) == 1
-
-    def test_tiny(self) -> None:
-        depths = (3, 3, 9, 3)
-        assert layer_id('stages.2.blocks.8.norm.weight', depths) == 3 + 3 + 8 + 1
-        assert layer_id('stages.3.downsample.0.weight', depths) == 3 + 3 + 1
-        assert layer_id('stem.0.weight', depths) == 19
-
-
 class TestParamGroups:
-    def test_reference_values(self, task: MMEarthClassificationTask) -> None:
+    def test_convnextv2_assignment(self, task: MMEarthClassificationTask) -> None:
         groups = param_groups_layer_decay(task, 0.3, 0.9)
         got = named_groups(groups, task)
         params = dict(task.named_parameters())
         assert set(got) == set(params)
         for name, (scale, decay) in got.items():
             local = name.removeprefix('model.')
-            expected = 0.9 ** (13 - reference_layer(mmearth_name(local), ATTO))
+            expected = 0.9 ** (13 - convnextv2_layer(convnextv2_name(local), ATTO))
             assert scale == pytest.approx(expected, rel=1e-12), name
             no_decay = params[name].ndim <= 1 or name.endswith('.bias')
             assert decay == (0.0 if no_decay else 0.3), name
-        # The values quoted for atto: stage-0 blocks 0.9^12 and 0.9^11, ...,
-        # stage-3 blocks 0.9^2 and 0.9^1, the stem and head undecayed.
+        # For atto: the stem 0.9^13, stage-0 blocks 0.9^12 and 0.9^11, ...,
+        # stage-3 blocks 0.9^2 and 0.9^1, the downsampling with the first block
+        # of the stage it feeds, the head undecayed.
         quoted = {
+            'model.stem.0.weight': 0.9**13,
+            'model.stem.3.weight': 0.9**13,
             'model.stages.0.blocks.0.mlp.fc1.weight': 0.9**12,
             'model.stages.0.blocks.1.mlp.fc1.weight': 0.9**11,
+            'model.stages.1.downsample.1.weight': 0.9**10,
             'model.stages.2.blocks.0.mlp.fc1.weight': 0.9**8,
+            'model.stages.3.downsample.1.weight': 0.9**2,
             'model.stages.3.blocks.0.mlp.fc1.weight': 0.9**2,
             'model.stages.3.blocks.1.mlp.fc1.weight': 0.9**1,
-            'model.stages.3.downsample.1.weight': 0.9**8,
-            'model.stem.0.weight': 1.0,
-            'model.stem.3.weight': 1.0,
             'model.head.weight': 1.0,
         }
         for name, scale in quoted.items():
@@ -132,19 +96,23 @@ class TestParamGroups:
         # GRN gamma/beta (timm: mlp.grn.weight/bias, 1-D) and norms: no decay.
         assert got['model.stages.1.blocks.0.mlp.grn.weight'][1] == 0.0
         assert got['model.stages.1.blocks.0.norm.weight'][1] == 0.0
-        assert got['model.stem.0.bias'] == (1.0, 0.0)
-        # One group per (layer, decay): 14 layers x 2 minus none.
-        assert len(groups) == 2 * 13
+        assert got['model.stem.0.bias'] == (pytest.approx(0.9**13), 0.0)
+        assert got['model.head.bias'] == (1.0, 0.0)
+        # One group per (layer, decay): 14 layers x 2.
+        assert len(groups) == 2 * 14
 
-    def test_decay_stem(self, task: MMEarthClassificationTask) -> None:
-        got = named_groups(param_groups_layer_decay(task, 0.3, 0.9, True), task)
-        reference = named_groups(param_groups_layer_decay(task, 0.3, 0.9), task)
-        for name, (scale, decay) in got.items():
-            if name.startswith('model.stem.'):
-                assert scale == pytest.approx(0.9**13)
-                assert reference[name][0] == 1.0
-            else:
-                assert (scale, decay) == reference[name]
+    def test_same_layers_as_the_model_in_timm(
+        self, task: MMEarthClassificationTask
+    ) -> None:
+        # The task's groups are those timm's helper gives the bare model.
+        model = task.model
+        bare = named_groups(
+            timm_param_groups_layer_decay(model, 0.3, layer_decay=0.9), model
+        )
+        got = named_groups(param_groups_layer_decay(task, 0.3, 0.9), task)
+        assert {f'model.{name}': scale for name, (scale, _) in bare.items()} == {
+            name: scale for name, (scale, _) in got.items()
+        }
 
     def test_without_layer_decay(self, task: MMEarthClassificationTask) -> None:
         got = named_groups(param_groups_layer_decay(task, 0.05), task)
@@ -162,7 +130,8 @@ class TestParamGroups:
         got = named_groups(param_groups_layer_decay(probe, 0.3, 0.9), probe)
         assert got == {'model.head.weight': (1.0, 0.3), 'model.head.bias': (1.0, 0.0)}
 
-    def test_gamma_beta_names(self) -> None:
+    @pytest.mark.parametrize('layer_decay', [None, 0.9])
+    def test_gamma_beta_names(self, layer_decay: float | None) -> None:
         class Block(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
@@ -170,27 +139,27 @@ class TestParamGroups:
                 self.beta = nn.Parameter(torch.zeros(1, 1, 1, 4))
                 self.weight = nn.Parameter(torch.ones(4, 4))
 
-        model = nn.Sequential(Block())
-        got = named_groups(param_groups_layer_decay(model, 0.3), model)
-        assert got == {
-            '0.gamma': (1.0, 0.0),
-            '0.beta': (1.0, 0.0),
-            '0.weight': (1.0, 0.3),
-        }
+        model = nn.Sequential(Block(), MMEarthUNet(num_classes=3).encoder)
+        got = named_groups(param_groups_layer_decay(model, 0.3, layer_decay), model)
+        assert got['0.gamma'] == (1.0, 0.0)
+        assert got['0.beta'] == (1.0, 0.0)
+        assert got['0.weight'] == (1.0, 0.3)
 
     def test_unet_encoder_found(self) -> None:
         unet = MMEarthUNet(num_classes=3)
         got = named_groups(param_groups_layer_decay(unet, 0.3, 0.9), unet)
+        # The smp encoder has no norm or head: the decoder is the last layer.
+        assert got['encoder.stem.0.weight'][0] == pytest.approx(0.9**13)
         assert got['encoder.stages.0.blocks.0.mlp.fc1.weight'][0] == pytest.approx(
             0.9**12
         )
-        assert got['encoder.stem.0.weight'][0] == 1.0
+        assert got['encoder.stages.3.blocks.1.mlp.fc1.weight'][0] == pytest.approx(0.9)
         assert got['upsample_layers.0.conv.weight'] == (1.0, 0.3)
         assert got['head.weight'] == (1.0, 0.3)
 
     def test_needs_mmearth_encoder(self) -> None:
         resnet = MMEarthClassificationTask(model='resnet18', num_classes=2)
-        with pytest.raises(ValueError, match='needs exactly one MMEarth ConvNeXt V2'):
+        with pytest.raises(ValueError, match='needs exactly one such encoder'):
             param_groups_layer_decay(resnet, 0.3, 0.9)
         with pytest.raises(ValueError, match='layer_decay must be > 0'):
             param_groups_layer_decay(MMEarthUNet(num_classes=3), 0.3, 0.0)

@@ -292,7 +292,9 @@ class MMEarthConvNeXtV2(nn.Module):
         Returns:
             timm's parameter-group regular expressions: the stem first, then the
             stages (their downsampling layers with their first block). ``norm`` and
-            ``head`` fall in the last group.
+            ``head`` fall in the last group. This is ConvNeXt V2's layer
+            assignment; the fine-tuning recipe's layer decay uses it
+            (:func:`torchgeo_mmearth.trainers.optim.param_groups_layer_decay`).
         """
         if coarse:
             return {'stem': r'^stem', 'blocks': r'^stages\.(\d+)'}

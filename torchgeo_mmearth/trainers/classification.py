@@ -28,7 +28,7 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
       test losses are unsmoothed;
     * AdamW without weight decay on 1-D parameters and biases
       (``weight_decay``), layer-wise learning-rate decay (``layer_decay``,
-      ``decay_stem``) and a per-step cosine with warm-up (``lr_schedule='cosine'``,
+      ConvNeXt V2's layers) and a per-step cosine with warm-up (``lr_schedule='cosine'``,
       ``min_lr``, ``warmup_epochs``), see :mod:`torchgeo_mmearth.trainers.optim`;
     * arguments for the timm model (``model_kwargs``), e.g. MMEarth's stochastic
       depth 0.1 and head initialisation (``{'drop_path_rate': 0.1,
@@ -63,7 +63,6 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
         label_smoothing: float = 0.0,
         weight_decay: float | None = None,
         layer_decay: float | None = None,
-        decay_stem: bool = False,
         lr_schedule: Literal['plateau', 'cosine'] = 'plateau',
         min_lr: float = 1e-6,
         warmup_epochs: float = 0.0,
@@ -100,8 +99,6 @@ class MMEarthClassificationTask(FineTuningRecipe, ClassificationTask):
                 TorchGeo's AdamW (decay 0.01 on every parameter). MMEarth: 0.3.
             layer_decay: Layer-wise learning-rate decay factor (MMEarth: 0.9), or
                 None for none; needs an MMEarth ConvNeXt V2 model.
-            decay_stem: Decay the stem's learning rate as the lowest layer; the
-                reference leaves it undecayed (False).
             lr_schedule: 'plateau' (TorchGeo's ReduceLROnPlateau on the
                 validation loss) or 'cosine' (MMEarth's per-step cosine).
             min_lr: Final learning rate of the cosine. MMEarth: 1e-6.

@@ -7,9 +7,10 @@ fine-tunes and linearly probes its ConvNeXt V2 encoders on GEO-Bench
 
 * AdamW, no weight decay on 1-D parameters, biases and ``gamma``/``beta``, and
   frozen parameters left out (:func:`param_groups_layer_decay`);
-* layer-wise learning-rate decay, ConvNeXt V2's "single" assignment
-  (:func:`layer_id`): each block is a layer, each group's learning rate is scaled
-  by ``layer_decay ** (num_layers + 1 - layer_id)``;
+* layer-wise learning-rate decay, ConvNeXt V2's "single" assignment (the
+  encoder's ``group_matcher``, through timm's ``param_groups_layer_decay``): each
+  block is a layer, each group's learning rate is scaled by ``layer_decay **
+  (num_layers + 1 - layer)``;
 * a learning rate set before every optimiser step: linear warm-up, then a
   half-cycle cosine to ``min_lr`` (:class:`WarmupCosineLR`).
 
@@ -18,14 +19,15 @@ package; :func:`add_param_group` adds parameters that are unfrozen during
 training (the UNet protocol) so that the schedule drives them as well.
 """
 
+import fnmatch
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Literal, cast
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
-from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
+from timm import optim as timm_optim
 from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -36,7 +38,6 @@ __all__ = [
     'WarmupCosineLR',
     'add_param_group',
     'configure_optimizers',
-    'layer_id',
     'param_groups_layer_decay',
     'warmup_cosine',
 ]
@@ -44,9 +45,6 @@ __all__ = [
 #: Parameter names never decayed by MMEarth's optimiser factory, besides 1-D
 #: parameters and biases (``fnmatch`` patterns, as timm's ``no_weight_decay_list``).
 NO_WEIGHT_DECAY = ('*.gamma', '*.beta')
-
-_BLOCK = re.compile(r'stages\.(\d+)\.blocks\.(\d+)\.')
-_DOWNSAMPLE = re.compile(r'stages\.(\d+)\.downsample\.')
 
 
 def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:
@@ -71,50 +69,6 @@ def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], floa
     return factor
 
 
-def layer_id(name: str, depths: Sequence[int], decay_stem: bool = False) -> int:
-    """Layer of a parameter of an MMEarth ConvNeXt V2, as MMEarth assigns it.
-
-    MMEarth uses ConvNeXt V2's "single" assignment
-    (``optim_factory.get_num_layer_for_convnext_single``) on its own module names,
-    which are mapped here onto those of
-    :class:`~torchgeo_mmearth.models.MMEarthConvNeXtV2`:
-
-    ======================================== ================================= ===========================
-    this model                               MMEarth                           layer
-    ======================================== ================================= ===========================
-    ``stages.s.blocks.b.*``                  ``stages.s.b.*``                  ``sum(depths[:s]) + b + 1``
-    ``stages.s.downsample.*`` (s = 1, 2, 3)  ``downsample_layers.{s-1}.*``     ``sum(depths[:s-1]) + 1``
-    ``stem.*``                               ``initial_conv.*``, ``stem.*``    ``sum(depths) + 1``
-    anything else (``norm``, ``head``)       the same                          ``sum(depths) + 1``
-    ======================================== ================================= ===========================
-
-    MMEarth's ``downsample_layers`` has no stem entry (ConvNeXt V2's index 0 is
-    the stem), so the downsampling before stage *s* gets the layer of the first
-    block of stage *s - 1*, and the custom stem falls in the last layer, whose
-    learning rate is not decayed (reference bug: the stem is the layer that should
-    be decayed most). Both are reproduced; ``decay_stem=True`` puts the stem in
-    layer 0, below every block.
-
-    Args:
-        name: parameter name relative to the encoder (``stages.0.blocks.1.norm.weight``).
-        depths: number of blocks of each stage.
-        decay_stem: assign the stem to layer 0 instead of the last layer.
-
-    Returns:
-        The layer, 0 to ``sum(depths) + 1``.
-    """
-    last = sum(depths) + 1
-    if match := _BLOCK.match(name):
-        stage, block = int(match[1]), int(match[2])
-        return sum(depths[:stage]) + block + 1
-    if match := _DOWNSAMPLE.match(name):
-        stage = int(match[1])
-        return sum(depths[: stage - 1]) + 1
-    if decay_stem and name.startswith('stem.'):
-        return 0
-    return last
-
-
 def _find_encoder(module: nn.Module) -> tuple[str, MMEarthConvNeXtV2]:
     """The only MMEarth ConvNeXt V2 in *module*, with its name prefix."""
     found = [
@@ -124,78 +78,108 @@ def _find_encoder(module: nn.Module) -> tuple[str, MMEarthConvNeXtV2]:
     ]
     if len(found) != 1:
         raise ValueError(
-            'layer_decay follows the layer assignment of MMEarth and needs exactly '
-            'one MMEarth ConvNeXt V2 encoder (the mmearth_convnextv2_* models, '
-            f'MMEarthUNet), found {len(found)} in {type(module).__name__}'
+            'layer_decay groups the layers with the group_matcher of an MMEarth '
+            'ConvNeXt V2 and needs exactly one such encoder (the '
+            f'mmearth_convnextv2_* models, MMEarthUNet), found {len(found)} in '
+            f'{type(module).__name__}'
         )
     name, encoder = found[0]
     return f'{name}.' if name else '', encoder
+
+
+class _EncoderLayers:
+    """*module* as timm's layer-decay helper sees it: layers from its encoder.
+
+    timm's ``param_groups_layer_decay`` asks the model it is given for its
+    ``group_matcher``; a task or a UNet holds the encoder under a prefix, so its
+    patterns are anchored there. Parameters no pattern matches (the encoder's
+    ``norm`` and ``head``, a decoder) share the last layer.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        prefix, encoder = _find_encoder(module)
+        anchor = '^' + re.escape(prefix)
+        self._matcher: dict[str, Any] = {}
+        for group, spec in encoder.group_matcher(coarse=False).items():
+            if isinstance(spec, str):
+                self._matcher[group] = anchor + spec.removeprefix('^')
+            else:
+                self._matcher[group] = [
+                    (anchor + pattern.removeprefix('^'), ordinal)
+                    for pattern, ordinal in spec
+                ]
+        self.named_parameters = module.named_parameters
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The encoder's fine-grained parameter groups, anchored at its prefix.
+
+        Args:
+            coarse: unused; timm's layer decay asks for the fine groups.
+
+        Returns:
+            timm's parameter-group regular expressions.
+        """
+        return self._matcher
 
 
 def param_groups_layer_decay(
     module: nn.Module,
     weight_decay: float,
     layer_decay: float | None = None,
-    decay_stem: bool = False,
     no_weight_decay: Collection[str] = NO_WEIGHT_DECAY,
 ) -> list[dict[str, Any]]:
-    """Parameter groups of MMEarth's optimiser factory.
+    """Parameter groups of the fine-tuning recipe, by timm's helpers.
 
     Weight decay as timm's ``param_groups_weight_decay`` (none on 1-D parameters,
-    biases and the names matching *no_weight_decay*), frozen parameters left out,
-    and, with *layer_decay*, one group per layer (:func:`layer_id`) whose
-    ``lr_scale`` is ``layer_decay ** (num_layers + 1 - layer)`` with ``num_layers
-    = sum(depths)`` of the encoder; parameters outside the encoder (a decoder, a
-    segmentation head) have scale 1. Without *layer_decay* every ``lr_scale``
-    is 1.
+    biases and the names matching *no_weight_decay*) and frozen parameters left
+    out. With *layer_decay*, timm's ``param_groups_layer_decay`` with the layers
+    of the encoder's own
+    :meth:`~torchgeo_mmearth.models.MMEarthConvNeXtV2.group_matcher`, ConvNeXt
+    V2's assignment: the stem is layer 0, block ``b`` of stage ``s`` is layer
+    ``sum(depths[:s]) + b + 1`` with the downsampling before it as the stage's
+    first block, and everything else (the final norm, the head, a decoder) is the
+    last layer, ``sum(depths) + 1``; a group's ``lr_scale`` is ``layer_decay **
+    (sum(depths) + 1 - layer)``. MMEarth's fine-tuning meant this assignment but
+    left its custom stem and shifted its downsampling layers (see
+    :doc:`/fixes`). Without *layer_decay* every ``lr_scale`` is 1.
 
     Args:
         module: the model, or a LightningModule holding it; with *layer_decay*
             it must hold exactly one
             :class:`~torchgeo_mmearth.models.MMEarthConvNeXtV2` (or its smp
-            encoder), whose parameter names give the layers.
+            encoder), whose ``group_matcher`` gives the layers.
         weight_decay: decay of the other parameters.
         layer_decay: factor per layer, e.g. 0.9; None for no layer decay.
-        decay_stem: put the stem below the first block (layer 0) instead of in
-            the last layer, which the reference does (see :func:`layer_id`).
         no_weight_decay: ``fnmatch`` patterns of further names not to decay.
 
     Returns:
-        Groups with ``params``, ``weight_decay`` and ``lr_scale``, in order of
-        layer (lowest first), decayed group before undecayed within a layer.
+        Groups with ``params``, ``weight_decay`` and ``lr_scale``.
 
     Raises:
         ValueError: if *layer_decay* is given and *module* has no, or several,
             MMEarth ConvNeXt V2 encoders, or is not positive.
     """
-    names = {id(p): n for n, p in module.named_parameters()}
-    split = param_groups_weight_decay(
-        module, weight_decay, no_weight_decay_list=tuple(no_weight_decay)
-    )
+    # Exact names: older timm compares names, newer timm fnmatches them.
+    excluded = [
+        name
+        for name, _ in module.named_parameters()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in no_weight_decay)
+    ]
     if layer_decay is None:
-        return [{**group, 'lr_scale': 1.0} for group in split]
+        groups = timm_optim.param_groups_weight_decay(  # type: ignore[attr-defined]
+            module, weight_decay, no_weight_decay_list=excluded
+        )
+        return [{**group, 'lr_scale': 1.0} for group in groups]
     if layer_decay <= 0:
         raise ValueError(f'layer_decay must be > 0, got {layer_decay}')
-    prefix, encoder = _find_encoder(module)
-    depths = [len(cast(nn.Sequential, stage.blocks)) for stage in encoder.stages]
-    num_layers = sum(depths)
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for group in split:
-        decayed = group['weight_decay'] > 0
-        for param in group['params']:
-            name = names[id(param)]
-            layer = num_layers + 1
-            if name.startswith(prefix):
-                layer = layer_id(name[len(prefix) :], depths, decay_stem)
-            key = (layer, not decayed)
-            if key not in groups:
-                groups[key] = {
-                    'params': [],
-                    'weight_decay': group['weight_decay'],
-                    'lr_scale': layer_decay ** (num_layers + 1 - layer),
-                }
-            groups[key]['params'].append(param)
-    return [groups[key] for key in sorted(groups)]
+    # timm reads only named_parameters() and group_matcher() of the model.
+    groups = timm_optim.param_groups_layer_decay(  # type: ignore[attr-defined]
+        cast(nn.Module, _EncoderLayers(module)),
+        weight_decay,
+        no_weight_decay_list=excluded,
+        layer_decay=layer_decay,
+    )
+    return cast(list[dict[str, Any]], groups)
 
 
 class WarmupCosineLR(LRScheduler):
@@ -334,7 +318,7 @@ def configure_optimizers(
     * ``weight_decay``: None for TorchGeo's AdamW (its default decay 0.01 on
       every parameter), else that decay with MMEarth's exclusions
       (:func:`param_groups_layer_decay`);
-    * ``layer_decay``, ``decay_stem``: layer-wise learning-rate decay;
+    * ``layer_decay``: layer-wise learning-rate decay;
     * ``lr_schedule``: ``'plateau'`` (TorchGeo's ``ReduceLROnPlateau``) or
       ``'cosine'`` (:class:`WarmupCosineLR`, stepped after every optimiser step,
       over ``trainer.estimated_stepping_batches`` steps);
@@ -361,16 +345,12 @@ def configure_optimizers(
         return default()
     lr: float = hparams['lr']
     if weight_decay is None:
-        groups = param_groups_layer_decay(
-            module, 0.01, layer_decay, hparams['decay_stem'], ()
-        )
+        groups = param_groups_layer_decay(module, 0.01, layer_decay, ())
         # TorchGeo's AdamW decays every parameter.
         for group in groups:
             group['weight_decay'] = 0.01
     else:
-        groups = param_groups_layer_decay(
-            module, weight_decay, layer_decay, hparams['decay_stem']
-        )
+        groups = param_groups_layer_decay(module, weight_decay, layer_decay)
     for group in groups:
         group['lr'] = lr * group['lr_scale']
     optimizer = AdamW(groups, lr=lr, weight_decay=0.0)

@@ -112,7 +112,7 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
       trained as one new parameter group at the full learning rate and weight
       decay 0 (:class:`UnfreezeBackbone`);
     * the optimiser knobs of :class:`~torchgeo_mmearth.trainers.MMEarthClassificationTask`
-      (``weight_decay``, ``layer_decay``, ``decay_stem``, ``lr_schedule``,
+      (``weight_decay``, ``layer_decay``, ``lr_schedule``,
       ``min_lr``, ``warmup_epochs``), ``label_smoothing`` and ``model_kwargs``
       (arguments of ``MMEarthUNet``, e.g. ``{'drop_path_rate': 0.1}``);
     * the mean intersection over union over classes, MMEarth's metric
@@ -155,7 +155,6 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
         label_smoothing: float = 0.0,
         weight_decay: float | None = None,
         layer_decay: float | None = None,
-        decay_stem: bool = False,
         lr_schedule: Literal['plateau', 'cosine'] = 'plateau',
         min_lr: float = 1e-6,
         warmup_epochs: float = 0.0,
@@ -198,8 +197,6 @@ class MMEarthSemanticSegmentationTask(FineTuningRecipe, SemanticSegmentationTask
                 TorchGeo's AdamW (decay 0.01 on every parameter). MMEarth: 0.3.
             layer_decay: Layer-wise learning-rate decay factor of the encoder, or
                 None for none; needs an MMEarth ConvNeXt V2 encoder.
-            decay_stem: Decay the stem's learning rate as the lowest layer; the
-                reference leaves it undecayed (False).
             lr_schedule: 'plateau' (TorchGeo's ReduceLROnPlateau on the
                 validation loss) or 'cosine' (MMEarth's per-step cosine).
             min_lr: Final learning rate of the cosine. MMEarth: 1e-6.
