@@ -7,10 +7,10 @@ then reads random batches in the same run, with 0 and 2 DataLoader workers:
 
 * TorchGeo: ``torchgeo.datasets.MMEarth`` in a plain DataLoader (default collate);
 * ours: what users get from ``MMEarthDataModule.train_dataloader()`` (a
-  PackedDataLoader over ``MMEarth(normalize=False)``: raw values out of the workers,
-  each batch sent as one shared buffer, normalised later on the device) and, for
-  reference, the same with the normalisation run on the CPU in the main process
-  ("+ CPU norm"). TorchGeo normalises in its workers.
+  PackedDataLoader over ``MMEarth``: raw values out of the workers, each batch sent
+  as one shared buffer, normalised later on the device) and, for reference, the
+  same with the normalisation (``MMEarthNormalize``) run on the CPU in the main
+  process ("+ CPU norm"). TorchGeo normalises in its workers.
 
 Modality sets:
 

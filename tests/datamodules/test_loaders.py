@@ -232,9 +232,7 @@ class TestPackedDataLoader:
         assert len(packed) == 4
 
     def test_mmearth_batches(self, mmearth_root: Path) -> None:
-        dataset = MMEarth(
-            mmearth_root, 'MMEarth64', modalities=list(MODALITIES), normalize=False
-        )
+        dataset = MMEarth(mmearth_root, 'MMEarth64', modalities=list(MODALITIES))
         plain, packed = loaders(dataset, workers=2, batch_size=4)
         assert same(list(packed), list(plain))
 

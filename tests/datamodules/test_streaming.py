@@ -71,9 +71,7 @@ def test_same_batches_as_the_hdf5_datamodule(
         root=str(mmearth_root), subset='MMEarth64', modalities=list(MODALITIES)
     )
     hdf5.setup('fit')
-    reader = MMEarth(
-        mmearth_root, 'MMEarth64', modalities=list(MODALITIES), normalize=False
-    )
+    reader = MMEarth(mmearth_root, 'MMEarth64', modalities=list(MODALITIES))
     rows = {reader[i]['tile_id']: i for i in range(len(reader))}
     loader = dm.train_dataloader()
     batches = list(loader)
@@ -130,7 +128,7 @@ def test_worker_batches_equal_the_hdf5_samples(
         num_workers=2,
     )
     dm.setup('fit')
-    reader = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+    reader = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands)
     samples = {s['tile_id']: s for s in (reader[i] for i in range(len(reader)))}
     batches = list(dm.train_dataloader())
     assert sum(len(b['tile_id']) for b in batches) == 6

@@ -45,7 +45,6 @@ class TestBigEarthNetDemo:
             'val',
             modalities=['sentinel2'],
             modality_bands={'sentinel2': ['B4', 'B8']},
-            normalize=False,
         )[3]['image_sentinel2']
         torch.testing.assert_close(ds[3]['image'], raw.float())
 

@@ -10,11 +10,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from torchgeo.datasets import DatasetNotFoundError
 
 from tests.conftest import figure_panels
 from torchgeo_mmearth.datasets import MMEarth
+from torchgeo_mmearth.datasets.utils import percentile_stretch
 from torchgeo_mmearth.modalities import (
     IGNORE_INDEX,
     MODALITIES,
@@ -22,6 +25,7 @@ from torchgeo_mmearth.modalities import (
     Kind,
     Level,
 )
+from torchgeo_mmearth.transforms import MMEarthNormalize
 
 SUBSETS = {'MMEarth': 128, 'MMEarth64': 64, 'MMEarth100k': 128}
 ALL_MODALITIES = list(MODALITIES)
@@ -43,6 +47,11 @@ def band_stats(root: Path, subset: str) -> dict[str, Any]:
     return json.loads((root / stem / f'{stem}_band_stats.json').read_text())
 
 
+def normalizer(ds: MMEarth) -> MMEarthNormalize:
+    """The normalisation that makes the dataset's raw samples model-ready."""
+    return MMEarthNormalize(ds.band_stats, ds.modality_bands)
+
+
 def copy_subset(root: Path, subset: str, destination: Path) -> Path:
     stem = MMEarth.subsets[subset]
     shutil.copytree(root / stem, destination / stem)
@@ -55,25 +64,35 @@ class TestSubsets:
         ds = MMEarth(mmearth_root, subset=subset)
         size = SUBSETS[subset]
         sample = ds[0]
-        assert set(sample) == {
-            *(MODALITIES[name].key for name in PRETEXT_MODALITIES),
-            's2_type',
-            'tile_id',
-        }
-        assert sample['image_sentinel2'].shape == (12, size, size)
-        assert sample['image_sentinel1'].shape == (8, size, size)
-        assert sample['image_aster'].shape == (2, size, size)
-        assert sample['image_canopy_height_eth'].shape == (2, size, size)
+        normalized = normalizer(ds)(sample)
+        assert (
+            set(sample)
+            == set(normalized)
+            == {
+                *(MODALITIES[name].key for name in PRETEXT_MODALITIES),
+                's2_type',
+                'tile_id',
+            }
+        )
+        for key, channels in (
+            ('image_sentinel2', 12),
+            ('image_sentinel1', 8),
+            ('image_aster', 2),
+            ('image_canopy_height_eth', 2),
+        ):
+            assert sample[key].shape == normalized[key].shape == (channels, size, size)
+            assert normalized[key].dtype == torch.float32
         for key in ('mask_dynamic_world', 'mask_esa_worldcover'):
-            assert sample[key].shape == (1, size, size)
-            assert sample[key].dtype == torch.long
+            assert sample[key].shape == normalized[key].shape == (1, size, size)
+            assert sample[key].dtype == torch.uint8  # the stored class codes
+            assert normalized[key].dtype == torch.long  # class indices
         assert sample['era5'].shape == (12,)
         for key in ('lat', 'lon', 'month'):
             assert sample[key].shape == (2,)
-            assert sample[key].dtype == torch.float32
+            assert sample[key].dtype == normalized[key].dtype == torch.float32
         for key in ('biome', 'eco_region'):
             assert sample[key].shape == ()
-            assert sample[key].dtype == torch.long
+            assert sample[key].dtype == normalized[key].dtype == torch.long
         assert isinstance(sample['tile_id'], str)
         assert ds.tile_size == size
 
@@ -93,7 +112,7 @@ class TestSubsets:
         assert not ids['train'] & ids['val'] and not ids['train'] & ids['test']
 
     def test_raw_dtypes(self, mmearth_root: Path, subset: str) -> None:
-        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES, normalize=False)
+        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES)
         sample = ds[1]
         assert sample['image_sentinel2'].dtype == torch.uint16
         assert sample['image_sentinel2'].shape[0] == 12
@@ -116,7 +135,7 @@ class TestSubsets:
             )
 
     def test_direct_reads_match_h5py(self, mmearth_root: Path, subset: str) -> None:
-        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES, normalize=False)
+        ds = MMEarth(mmearth_root, subset, modalities=ALL_MODALITIES)
         with h5py.File(h5_path(mmearth_root, subset), 'r') as f:
             for name in [*ALL_MODALITIES, 'metadata']:
                 reader = ds._reader(name)
@@ -130,12 +149,23 @@ class TestNoData:
 
     subset = 'MMEarth64'
 
-    def samples(self, root: Path, **kwargs: Any) -> list[tuple[dict[str, Any], int]]:
-        """Every tile of every split, with its row in the HDF5 file."""
+    def samples(
+        self, root: Path, normalize: bool = True
+    ) -> list[tuple[dict[str, Any], int]]:
+        """Every tile of every split, with its row in the HDF5 file.
+
+        The samples are those of the dataset (raw) passed through MMEarthNormalize
+        unless *normalize* is False.
+        """
         samples = []
         for split in MMEarth.splits:
-            ds = MMEarth(root, self.subset, split, modalities=ALL_MODALITIES, **kwargs)
-            samples += [(ds[i], int(row)) for i, row in enumerate(ds.indices)]
+            ds = MMEarth(root, self.subset, split, modalities=ALL_MODALITIES)
+            transform = normalizer(ds) if normalize else None
+            for index, row in enumerate(ds.indices):
+                sample = ds[index]
+                if transform is not None:
+                    sample = transform(sample)
+                samples.append((sample, int(row)))
         assert sorted(row for _, row in samples) == list(range(10))
         return samples
 
@@ -172,8 +202,9 @@ class TestNoData:
         ds = MMEarth(
             mmearth_root, self.subset, modalities=['sentinel2'], modality_bands=bands
         )
+        normalize = normalizer(ds)
         for index in range(len(ds)):
-            sample = ds[index]
+            sample = normalize(ds[index])
             b10 = sample['image_sentinel2'][10]
             assert b10.isnan().all() == (sample['s2_type'] == 1)
 
@@ -276,7 +307,7 @@ class TestNoData:
 class TestSelection:
     def test_band_order_is_the_requested_order(self, mmearth_root: Path) -> None:
         bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VV', 'asc_VV']}
-        ds = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+        ds = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands)
         assert ds.modalities == ('sentinel2', 'sentinel1')
         sample, row = ds[0], int(ds.indices[0])
         s2 = raw(mmearth_root, 'MMEarth64', 'sentinel2', row)
@@ -290,13 +321,36 @@ class TestSelection:
 
     def test_transforms(self, mmearth_root: Path) -> None:
         def transform(sample: dict[str, Any]) -> dict[str, Any]:
-            sample['seen'] = sample['image_sentinel2'].isnan().any()
+            sample['seen'] = sample['image_sentinel2'].dtype
             return sample
 
         ds = MMEarth(
             mmearth_root, 'MMEarth64', modalities=['sentinel2'], transforms=transform
         )
-        assert 'seen' in ds[0]
+        assert ds[0]['seen'] == torch.uint16  # transforms get the raw sample
+
+    @pytest.mark.parametrize('stats_from', ['file', 'dataset'])
+    def test_normalize_as_transforms(self, mmearth_root: Path, stats_from: str) -> None:
+        bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VV']}
+        raw_ds = MMEarth(
+            mmearth_root, 'MMEarth64', modalities=ALL_MODALITIES, modality_bands=bands
+        )
+        stats = raw_ds.stats_path if stats_from == 'file' else raw_ds.band_stats
+        ds = MMEarth(
+            mmearth_root,
+            'MMEarth64',
+            modalities=ALL_MODALITIES,
+            modality_bands=bands,
+            transforms=MMEarthNormalize(stats, raw_ds.modality_bands),
+        )
+        normalize = normalizer(raw_ds)
+        for index in range(len(ds)):
+            expected = normalize(raw_ds[index])
+            assert expected['image_sentinel2'].dtype == torch.float32
+            assert same_samples(ds[index], expected)
+        batch = ds.__getitems__([2, 0])
+        assert same_samples(batch[0], normalize(raw_ds[2]))
+        assert same_samples(batch[1], normalize(raw_ds[0]))
 
 
 class TestErrors:
@@ -447,15 +501,16 @@ def same_samples(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class TestBatchedReads:
     """``__getitems__``, which the DataLoader calls with the indices of a batch."""
 
-    @pytest.mark.parametrize('normalize', [True, False])
+    @pytest.mark.parametrize('normalize', [False, True])
     def test_same_as_one_at_a_time(self, mmearth_root: Path, normalize: bool) -> None:
         ds = MMEarth(
             mmearth_root,
             'MMEarth64',
             modalities=ALL_MODALITIES,
             modality_bands={'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VV']},
-            normalize=normalize,
         )
+        if normalize:
+            ds.transforms = normalizer(ds)
         indices = [3, 0, 5, 0, -1]
         batch = ds.__getitems__(indices)
         assert len(batch) == len(indices)
@@ -469,7 +524,7 @@ class TestBatchedReads:
 
         def transform(sample: dict[str, Any]) -> dict[str, Any]:
             seen.append(sample['tile_id'])
-            return {**sample, 'mean': sample['image_sentinel2'].nanmean()}
+            return {**sample, 'mean': sample['image_sentinel2'].float().mean()}
 
         ds = MMEarth(
             mmearth_root, 'MMEarth64', modalities=['sentinel2'], transforms=transform
@@ -508,7 +563,7 @@ class TestBatchedReads:
     ) -> None:
         """A chunk for which HDF5 skipped the deflate filter is read as stored."""
         copy_subset(mmearth_root, 'MMEarth64', tmp_path)
-        ds = MMEarth(tmp_path, 'MMEarth64', modalities=['aster'], normalize=False)
+        ds = MMEarth(tmp_path, 'MMEarth64', modalities=['aster'])
         row = int(ds.indices[0])
         tile = np.arange(2 * 64 * 64, dtype=np.int16).reshape(1, 2, 64, 64)
         with h5py.File(h5_path(tmp_path, 'MMEarth64'), 'r+') as f:
@@ -532,12 +587,8 @@ class TestLayouts:
         gzip_ds = MMEarth(gzip_root, 'MMEarth64', modalities=ALL_MODALITIES)
         flat_ds = MMEarth(flat_root, 'MMEarth64', modalities=ALL_MODALITIES)
         assert not flat_ds._reader('sentinel2').direct
-        for a, b in zip(gzip_ds[0].values(), flat_ds[0].values(), strict=True):
-            if isinstance(a, torch.Tensor):
-                assert torch.equal(a.isnan(), b.isnan())
-                assert torch.equal(a.nan_to_num(), b.nan_to_num())
-            else:
-                assert a == b
+        for index in range(len(gzip_ds)):
+            assert same_samples(gzip_ds[index], flat_ds[index])
 
     def test_metadata_without_s2_type_uses_tile_info(
         self, mmearth_root: Path, tmp_path: Path
@@ -574,7 +625,7 @@ class TestHandles:
         assert clone[0]['tile_id'] == first['tile_id']
 
     def test_fork_workers(self, mmearth_root: Path) -> None:
-        ds = MMEarth(mmearth_root, 'MMEarth64', split='train', normalize=False)
+        ds = MMEarth(mmearth_root, 'MMEarth64', split='train')
         expected = [ds[i] for i in range(len(ds))]  # the parent holds an open handle
         loader = DataLoader(
             ds, batch_size=2, num_workers=2, multiprocessing_context='fork'
@@ -698,12 +749,61 @@ class TestPlot:
         ]
 
     def test_raw_samples_and_no_titles(self, mmearth_root: Path) -> None:
-        raw_ds = MMEarth(
-            mmearth_root, 'MMEarth64', modalities=['sentinel2'], normalize=False
-        )
+        raw_ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2'])
         figure = raw_ds.plot(raw_ds[0], show_titles=False)
         assert figure_panels(figure) == [('', False)]
         assert figure.axes[0].images[0].get_array().shape == (64, 64, 3)
+
+    def test_raw_and_normalized_samples_look_the_same(self, dataset: MMEarth) -> None:
+        """A raw sample is normalised for display; a normalised one is drawn as is."""
+        normalize = normalizer(dataset)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            assert sample['image_sentinel2'].dtype == torch.uint16
+            raw_figure = dataset.plot(sample)
+            normalized_figure = dataset.plot(normalize(sample))
+            assert figure_panels(raw_figure) == figure_panels(normalized_figure)
+            assert panel_images(raw_figure) == panel_images(normalized_figure)
+            plt.close(raw_figure)
+            plt.close(normalized_figure)
+
+    def test_normalize_transforms(self, mmearth_root: Path, dataset: MMEarth) -> None:
+        normalized_ds = MMEarth(
+            mmearth_root,
+            'MMEarth64',
+            modalities=ALL_MODALITIES,
+            transforms=MMEarthNormalize(dataset.stats_path, dataset.modality_bands),
+        )
+        assert normalized_ds[0]['image_sentinel2'].dtype == torch.float32
+        assert panel_images(normalized_ds.plot(normalized_ds[0])) == panel_images(
+            dataset.plot(dataset[0])
+        )
+
+    def test_float_maps_count_as_normalized(self, mmearth_root: Path) -> None:
+        """Sentinel-2 no longer uint16 is drawn without normalising it again."""
+        ds = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2'])
+        raw_s2 = ds[0]['image_sentinel2']
+        rgb = raw_s2[
+            [ds.modality_bands['sentinel2'].index(b) for b in ['B4', 'B3', 'B2']]
+        ]
+        figure = ds.plot({**ds[0], 'image_sentinel2': raw_s2.float()})
+        np.testing.assert_array_equal(
+            figure.axes[0].images[0].get_array(),
+            percentile_stretch(rgb.float().numpy().transpose(1, 2, 0)),
+        )
+        # The uint16 sample itself is normalised first: per-band z-scores, another image.
+        assert panel_images(ds.plot(ds[0])) != panel_images(figure)
+
+
+def panel_images(figure: Figure) -> list[bytes]:
+    """The pixels (and masks) of the image in every panel of a figure."""
+    images = []
+    for axis in figure.axes:
+        array = axis.images[0].get_array()
+        images.append(
+            np.ma.getdata(array).tobytes() + np.ma.getmaskarray(array).tobytes()
+        )
+    return images
 
 
 def test_torchgeo_reads_the_test_data(mmearth_root: Path) -> None:
@@ -726,10 +826,7 @@ class TestCorpusFolders:
         ds = MMEarth(tmp_path, 'data_my.corpus-1', modalities=['sentinel2'])
         reference = MMEarth(mmearth_root, 'MMEarth64', modalities=['sentinel2'])
         assert ds.tile_size == 64 and len(ds) == len(reference)
-        assert torch.equal(
-            ds[0]['image_sentinel2'].nan_to_num(),
-            reference[0]['image_sentinel2'].nan_to_num(),
-        )
+        assert same_samples(ds[0], reference[0])
 
     def test_missing_corpus_folder(self, tmp_path: Path) -> None:
         with pytest.raises(DatasetNotFoundError, match=r'data_mine\.h5'):

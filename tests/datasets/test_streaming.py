@@ -10,6 +10,7 @@ from torchgeo_mmearth.corpus.shards import folder_bytes
 from torchgeo_mmearth.datasets import MMEarth, StreamingMMEarth
 from torchgeo_mmearth.datasets import streaming as streaming_module
 from torchgeo_mmearth.modalities import MODALITIES
+from torchgeo_mmearth.transforms import MMEarthNormalize
 
 
 def same(a: object, b: object) -> bool:
@@ -44,9 +45,7 @@ def test_samples_equal_the_hdf5_reader(
 ) -> None:
     shards = zstd_shards if compressed else mmearth_shards
     modalities = list(MODALITIES)
-    hdf5 = MMEarth(
-        mmearth_root, 'MMEarth64', split, modalities=modalities, normalize=False
-    )
+    hdf5 = MMEarth(mmearth_root, 'MMEarth64', split, modalities=modalities)
     expected = {
         sample['tile_id']: sample for sample in (hdf5[i] for i in range(len(hdf5)))
     }
@@ -86,9 +85,11 @@ def test_views_in_datamodule_workers(
         mmearth_shards, modalities=modalities, cache_dir=str(tmp_path / 'plain')
     )
     views = StreamingMMEarth(
-        mmearth_shards, modalities=modalities, cache_dir=str(tmp_path / 'views')
+        mmearth_shards,
+        modalities=modalities,
+        cache_dir=str(tmp_path / 'views'),
+        worker_views=True,
     )
-    views._views_in_workers = True
     monkeypatch.setattr(streaming_module, 'get_worker_info', lambda: object())
     for i in range(len(plain)):
         expected, sample = plain[i], views[i]
@@ -107,7 +108,7 @@ def test_band_selection_and_default_modalities(
     mmearth_root: Path, mmearth_shards: Path, tmp_path: Path
 ) -> None:
     bands = {'sentinel2': ['B4', 'B3', 'B2'], 'sentinel1': ['desc_VH']}
-    hdf5 = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands, normalize=False)
+    hdf5 = MMEarth(mmearth_root, 'MMEarth64', modality_bands=bands)
     streamed = StreamingMMEarth(
         mmearth_shards, modality_bands=bands, cache_dir=str(tmp_path)
     )
@@ -120,7 +121,15 @@ def test_band_selection_and_default_modalities(
     default = StreamingMMEarth(mmearth_shards, cache_dir=str(tmp_path))
     assert default.modalities == MMEarth(mmearth_root, 'MMEarth64').modalities
     assert default.tile_size == 64
-    assert default.normalizer(default[0])['image_sentinel2'].dtype == torch.float32
+    assert default.band_stats == hdf5.band_stats
+    normalize = MMEarthNormalize(default.band_stats, default.modality_bands)
+    assert default[0]['image_sentinel2'].dtype == torch.uint16
+    assert normalize(default[0])['image_sentinel2'].dtype == torch.float32
+    normalized = StreamingMMEarth(
+        mmearth_shards, cache_dir=str(tmp_path), transforms=normalize
+    )
+    expected = normalize(default[1])
+    assert all(same(normalized[1][k], expected[k]) for k in expected)
 
 
 def test_errors(mmearth_shards: Path, tmp_path: Path) -> None:

@@ -22,13 +22,12 @@ def stats(**overrides: Any) -> dict[str, Any]:
 
 
 def test_sample_and_batch_agree(mmearth_root: Path) -> None:
-    ds = MMEarth(
-        mmearth_root, 'MMEarth64', modalities=list(MODALITIES), normalize=False
-    )
+    ds = MMEarth(mmearth_root, 'MMEarth64', modalities=list(MODALITIES))
+    normalize = MMEarthNormalize(ds.band_stats, ds.modality_bands)
     samples = [ds[i] for i in range(4)]
-    batch = ds.normalizer(default_collate(samples))
+    batch = normalize(default_collate(samples))
     for i, sample in enumerate(samples):
-        one = ds.normalizer(sample)
+        one = normalize(sample)
         for key, value in one.items():
             if isinstance(value, torch.Tensor):
                 expected = batch[key][i]

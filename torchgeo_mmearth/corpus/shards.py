@@ -129,9 +129,7 @@ class _StoredTiles:
         if self._dataset is None:
             from ..datasets import MMEarth
 
-            self._dataset = MMEarth(
-                root, subset, split, modalities=list(layout), normalize=False
-            )
+            self._dataset = MMEarth(root, subset, split, modalities=list(layout))
         tile = self._dataset.stored_tile(index)
         for name, stored in layout.items():
             tile[name] = np.asarray(tile[name], dtype=stored['dtype']).tobytes()
@@ -221,7 +219,7 @@ def shard_corpus(
             f'{output} exists; pass overwrite=True (--overwrite) to replace it'
         )
     # Any split reads the corpus files: take the layout from the first one.
-    probe = MMEarth(root, subset, MMEarth.splits[0], modalities=[], normalize=False)
+    probe = MMEarth(root, subset, MMEarth.splits[0], modalities=[])
     with open(probe.splits_path) as f:
         split_names = list(json.load(f))
     if splits is None:
@@ -267,7 +265,7 @@ def shard_corpus(
 
     tiles: dict[str, int] = {}
     for split in splits:
-        dataset = MMEarth(root, subset, split, modalities=modalities, normalize=False)
+        dataset = MMEarth(root, subset, split, modalities=modalities)
         tiles[split] = len(dataset)
         if split in done or len(dataset) == 0:
             continue

@@ -199,7 +199,9 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
             test_split: split used for testing and prediction.
             pin_memory: pin host memory when a CUDA device is available.
             **kwargs: additional keyword arguments passed to
-                :class:`~torchgeo_mmearth.datasets.MMEarth` (e.g. ``transforms``).
+                :class:`~torchgeo_mmearth.datasets.MMEarth` (e.g. ``transforms``,
+                applied to the raw samples in the workers, before the
+                normalisation on the device).
 
         Raises:
             ValueError: if *input_size* is not positive.
@@ -225,7 +227,7 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
         self._train_loader_state: dict[str, int] | None = None
 
     def _dataset(self, split: str) -> MMEarth:
-        dataset = MMEarth(split=split, normalize=False, **self.kwargs)
+        dataset = MMEarth(split=split, **self.kwargs)
         if self.normalizer is None:
             self._build_augmentations(
                 dataset.tile_size,

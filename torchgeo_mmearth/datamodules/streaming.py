@@ -126,7 +126,12 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
         if self._manifest['splits'].get(split) == 0:
             return None  # an empty split: the published corpora have only 'train'
         dataset = StreamingMMEarth(
-            split=split, shuffle=self.shuffle and split == 'train', **self.kwargs
+            split=split,
+            shuffle=self.shuffle and split == 'train',
+            # Workers collate with pack_collate: pixel tiles stay views of the
+            # mapped chunk, copied once, into the batch.
+            worker_views=self.num_workers > 0,
+            **self.kwargs,
         )
         if self.normalizer is None:
             self._build_augmentations(
@@ -150,8 +155,6 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
         train = split == 'train'
         from ._streaming_loader import PackedStreamingDataLoader
 
-        # Pixel tiles leave the shards as views, copied once, into the batch.
-        dataset._views_in_workers = self.num_workers > 0
         loader = PackedStreamingDataLoader(
             dataset,
             batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),

@@ -73,7 +73,6 @@ class BigEarthNetDemo(NonGeoDataset):
             split,
             modalities=['sentinel2'],
             modality_bands={'sentinel2': bands},
-            normalize=False,
         )
         self.split = split
         self.bands = tuple(bands)

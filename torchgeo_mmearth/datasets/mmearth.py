@@ -161,18 +161,26 @@ class MMEarth(NonGeoDataset):
     for each key. Every sample also has ``s2_type`` (0 = L1C, 1 = L2A) and
     ``tile_id``.
 
-    With ``normalize=True`` (the default) the sample is ready to use: no-data is NaN
-    in continuous rasters and vectors and
+    Samples hold the raw stored values and dtypes (uint16 Sentinel-2 digital
+    numbers, int8 canopy height, uint8 class codes, ...), so that DataLoader
+    workers move as few bytes as possible; image-level classes are class indices.
+    :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`, built from
+    :attr:`band_stats` and :attr:`modality_bands`, makes them model-ready: no-data
+    becomes NaN in continuous rasters and vectors and
     :data:`~torchgeo_mmearth.modalities.IGNORE_INDEX` (-1) in class maps and
     classes, continuous values are z-scored with the corpus statistics (Sentinel-2
-    with the L1C or L2A statistics of its tile) and class codes are class indices.
-    With ``normalize=False`` the raw stored dtypes are returned (uint16
-    Sentinel-2, int8 canopy height, ...), so that DataLoader workers move as few
-    bytes as possible; :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` built
-    from :attr:`band_stats` and :attr:`modality_bands` (:attr:`normalizer`) then
-    does the same work on the device, as
-    :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule` does. Image-level
-    classes are always returned as indices.
+    with the L1C or L2A statistics of its tile) and class codes become class
+    indices. Apply it to a sample, or to a batch on the device::
+
+        dataset = MMEarth(root, 'MMEarth64')
+        normalize = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
+        sample = normalize(dataset[0])
+
+    or pass it as *transforms*
+    (``MMEarthNormalize('<folder>/<folder>_band_stats.json', modality_bands)``
+    also reads the statistics from the file), or use
+    :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule`, which normalises each
+    batch on the device.
 
     This reader fixes the reference implementation's no-data bugs (Sentinel-2 zeros
     are flagged before normalisation, ESA WorldCover tree cover is kept, the int8
@@ -198,7 +206,6 @@ class MMEarth(NonGeoDataset):
         split: str = 'train',
         modalities: Sequence[str] | None = None,
         modality_bands: Mapping[str, Sequence[str]] | None = None,
-        normalize: bool = True,
         transforms: Callable[[Sample], Sample] | None = None,
     ) -> None:
         """Initialize a new MMEarth instance.
@@ -213,10 +220,9 @@ class MMEarth(NonGeoDataset):
             modality_bands: bands per modality, in the order wanted in the samples;
                 unlisted modalities get their default bands (the 12 MP-MAE input
                 bands for sentinel2, all bands otherwise).
-            normalize: return normalised samples (True) or the raw stored values
-                (False, for on-device normalisation with :attr:`normalizer`).
-            transforms: a function/transform that takes a sample and returns a
-                transformed version, applied after normalisation.
+            transforms: a function/transform that takes a raw sample and returns a
+                transformed version, e.g.
+                :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`.
 
         Raises:
             DatasetNotFoundError: if the subset folder, its HDF5 file, band statistics
@@ -245,7 +251,6 @@ class MMEarth(NonGeoDataset):
         self.split = split
         self.modality_bands = resolve_modality_bands(modalities, modality_bands)
         self.modalities = tuple(self.modality_bands)
-        self.normalize = normalize
         self.transforms = transforms
 
         self.directory = Path(root) / folder
@@ -323,8 +328,6 @@ class MMEarth(NonGeoDataset):
             sample['s2_type'] = torch.tensor(s2_type)
             sample['tile_id'] = tile_id
 
-        if self.normalize:
-            samples = [self.normalizer(sample) for sample in samples]
         if self.transforms is not None:
             samples = [self.transforms(sample) for sample in samples]
         return samples
@@ -353,11 +356,8 @@ class MMEarth(NonGeoDataset):
         return tile
 
     @functools.cached_property
-    def normalizer(self) -> MMEarthNormalize:
-        """The normalisation of ``normalize=True``, to apply elsewhere (on a device).
-
-        Built on first use from :attr:`band_stats` and :attr:`modality_bands`.
-        """
+    def _display_normalizer(self) -> MMEarthNormalize:
+        """The normalisation :meth:`plot` applies to raw samples, built on first use."""
         return MMEarthNormalize(self.band_stats, self.modality_bands)
 
     def close(self) -> None:
@@ -530,6 +530,21 @@ class MMEarth(NonGeoDataset):
         except json.JSONDecodeError as error:
             raise ValueError(f'{path} is not valid JSON ({error})') from error
 
+    def _is_raw(self, sample: Sample) -> bool:
+        """Whether a map stored as integers still has its stored dtype (see plot)."""
+        for name in self.modality_bands:
+            modality = MODALITIES[name]
+            value = sample.get(modality.key)
+            stored = _torch_dtype(modality.dtype)
+            if (
+                modality.level is Level.PIXEL
+                and not stored.is_floating_point
+                and isinstance(value, torch.Tensor)
+                and value.dtype == stored
+            ):
+                return True
+        return False
+
     def plot(
         self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
     ) -> Figure:
@@ -539,16 +554,27 @@ class MMEarth(NonGeoDataset):
         other continuous modalities their first band with data. A modality the tile
         lacks (no finite value, or only the ignore index) is a grey "no data" panel.
 
+        Raw samples are normalised for display with
+        :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` (no-data to NaN or the
+        ignore index, class codes to class indices); normalised ones are plotted as
+        they are. A sample counts as raw when any of its maps stored as integers
+        (every pixel-level modality but Sentinel-1) still has its stored dtype, such
+        as uint16 Sentinel-2 or uint8 land cover: MMEarthNormalize turns these into
+        float32 values and int64 class indices. Sentinel-1, stored as float32,
+        looks the same either way (each of its panels is stretched on its own).
+
         Args:
-            sample: a sample returned by :meth:`__getitem__`.
+            sample: a sample as returned by :meth:`__getitem__` (raw), or normalised
+                by :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` (for
+                instance as the dataset's *transforms*).
             show_titles: whether to show panel titles.
             suptitle: optional figure title.
 
         Returns:
             The figure.
         """
-        if not self.normalize:
-            sample = self.normalizer(sample)
+        if self._is_raw(sample):
+            sample = self._display_normalizer(sample)
         panels: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
         for name, bands in self.modality_bands.items():
             modality = MODALITIES[name]
@@ -627,6 +653,11 @@ def _sample_entry(
     if selection is not None:
         return torch.from_numpy(tile[selection])
     return torch.from_numpy(tile)
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a NumPy dtype name, as ``torch.from_numpy`` gives it."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
 def _band_index(name: str, bands: Sequence[str]) -> np.ndarray | None:

@@ -12,7 +12,7 @@ Each stored item is one tile: the bytes of every modality as stored in the HDF5
 file (every band; the dtype, native byte order, and the shape are the manifest's),
 its tile id, its Sentinel-2 processing level index and its HDF5 row.
 :class:`StreamingMMEarth` turns items into exactly the samples that
-``MMEarth(normalize=False)`` returns for the same tile. This module needs litdata
+``MMEarth`` returns for the same tile. This module needs litdata
 (``pip install 'torchgeo-mmearth[streaming]'``); ``torchgeo_mmearth.datasets``
 imports it on first use of :class:`StreamingMMEarth`.
 """
@@ -29,7 +29,6 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..modalities import resolve_modality_bands
-from ..transforms import MMEarthNormalize
 from .mmearth import _one_hot_index, _sample_plan
 
 # litdata asks PyPI for a newer version of itself in every dataset and conversion:
@@ -117,13 +116,21 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
 
     A :class:`litdata.StreamingDataset` over one split of a shard folder written by
     :func:`~torchgeo_mmearth.corpus.shard_corpus`. Its samples are exactly those of
-    :class:`~torchgeo_mmearth.datasets.MMEarth` with ``normalize=False`` for the
-    same tiles: the same keys, raw stored dtypes, one-hot classes as indices (the
-    ignore index unless exactly one 1), bands selected per *modality_bands*,
-    ``s2_type`` and ``tile_id``; and the same split membership, taken from the
-    corpus's splits file when the shards were written. Normalise them with
-    :attr:`normalizer` (on the device, as
-    :class:`~torchgeo_mmearth.datamodules.MMEarthStreamingDataModule` does).
+    :class:`~torchgeo_mmearth.datasets.MMEarth` for the same tiles: the raw stored
+    values (same keys and dtypes, one-hot classes as indices, the ignore index
+    unless exactly one 1), bands selected per *modality_bands*, ``s2_type`` and
+    ``tile_id``; and the same split membership, taken from the corpus's splits
+    file when the shards were written. To make them model-ready, apply
+    :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` built from
+    :attr:`band_stats` and :attr:`modality_bands`, to a sample or to a batch on the
+    device::
+
+        dataset = StreamingMMEarth('shards')
+        normalize = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
+        sample = normalize(dataset[0])
+
+    or use :class:`~torchgeo_mmearth.datamodules.MMEarthStreamingDataModule`,
+    which normalises each batch on the device.
 
     Iterating shuffles across chunks and, under ``torch.distributed``, gives each
     rank and DataLoader worker its own part of the split (litdata's work
@@ -143,6 +150,7 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         max_cache_size: int | str = '100GB',
         storage_options: Mapping[str, Any] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        worker_views: bool = False,
     ) -> None:
         """Initialize a new StreamingMMEarth instance.
 
@@ -161,8 +169,15 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
             max_cache_size: the most that *cache_dir* may hold.
             storage_options: options of the remote store, passed to litdata (for
                 an S3-compatible endpoint: ``{'endpoint_url': 'http://...'}``).
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
+            transforms: a function/transform that takes a raw sample and returns a
+                transformed version, e.g.
+                :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`.
+            worker_views: in DataLoader workers and without *transforms*, return
+                pixel tiles as read-only NumPy views of the memory-mapped chunk and
+                classes as 0-d int64 arrays, for a collate function that copies
+                them once into the batch
+                (``torchgeo_mmearth.datamodules.loaders.pack_collate``; the
+                streaming datamodule sets it when it has workers).
 
         Raises:
             FileNotFoundError: if *input_dir* holds no shards (or not of *split*).
@@ -222,10 +237,7 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
             name: (np.dtype(stored[name]['dtype']), tuple(stored[name]['shape']))
             for name in self.modality_bands
         }
-        # Set by MMEarthStreamingDataModule for loaders whose workers collate with
-        # pack_collate: there, pixel tiles stay read-only views of the mapped
-        # chunk, copied once, into the batch (no transforms to hand tensors to).
-        self._views_in_workers = False
+        self.worker_views = worker_views
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle in a DataLoader worker started by spawn.
@@ -236,14 +248,6 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         self.__dict__.update(state)
         _allow_plain_http(state.get('_allow_http', False))
 
-    @property
-    def normalizer(self) -> MMEarthNormalize:
-        """The normalisation of ``MMEarth(normalize=True)``, to apply on a device.
-
-        Built from :attr:`band_stats` and :attr:`modality_bands`.
-        """
-        return MMEarthNormalize(self.band_stats, self.modality_bands)
-
     def __getitem__(self, index: Any) -> Any:
         """Return one tile (or a list of tiles for a slice).
 
@@ -251,7 +255,7 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
             index: index within the split (or litdata's chunked index, or a slice).
 
         Returns:
-            The sample, as ``MMEarth(normalize=False)[i]`` returns it.
+            The sample, as ``MMEarth`` returns it for the same tile.
         """
         item = super().__getitem__(index)
         if isinstance(item, list):
@@ -268,7 +272,7 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
             The sample.
         """
         views = (
-            self._views_in_workers
+            self.worker_views
             and self.transforms is None
             and get_worker_info() is not None
         )
