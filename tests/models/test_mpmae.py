@@ -116,3 +116,29 @@ def test_errors(batch: dict[str, Any]) -> None:
         model({'image_sentinel1': batch['image_sentinel2']})
     with pytest.raises(ValueError, match='not a multiple of the patch size 8'):
         model({'image_sentinel2': batch['image_sentinel2'][..., :50, :50]})
+
+
+@pytest.mark.parametrize(
+    ('encoder_init', 'large'), [('timm', 0.02), ('reference', 0.88)]
+)
+def test_encoder_init(encoder_init: Any, large: float) -> None:
+    torch.manual_seed(0)
+    encoder = small_mpmae(encoder_init=encoder_init).encoder
+    weights = dict(encoder.named_parameters())
+    # Depthwise convolutions and MLPs: std 1.0 truncated at +-2 (0.88) in FCMAE.
+    for name in (
+        'stem.3.weight',
+        'stages.2.blocks.3.conv_dw.weight',
+        'stages.2.blocks.3.mlp.fc1.weight',
+        'stages.3.blocks.1.mlp.fc2.weight',
+    ):
+        assert weights[name].std().item() == pytest.approx(large, rel=0.1), name
+    assert weights['stages.2.blocks.3.mlp.fc1.bias'].abs().max() == 0
+    # The other convolutions keep 0.02 in both.
+    for name in ('stem.0.weight', 'stages.2.downsample.1.weight'):
+        assert weights[name].std().item() == pytest.approx(0.02, rel=0.1), name
+
+
+def test_unknown_encoder_init() -> None:
+    with pytest.raises(ValueError, match="Unknown encoder_init 'xavier'"):
+        small_mpmae(encoder_init='xavier')

@@ -1,3 +1,4 @@
+import logging
 import math
 import os
 import shlex
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import default_collate
 
 from tests.conftest import figure_panels
+from tests.models.conftest import official_checkpoint
 from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule, MMEarthStreamingDataModule
 from torchgeo_mmearth.losses import masked_patch_mse, patchify
@@ -30,7 +32,7 @@ from torchgeo_mmearth.modalities import (
     Level,
     PretextTask,
 )
-from torchgeo_mmearth.models import MMEarthWeights, MPMAEOutput
+from torchgeo_mmearth.models import MPMAE, MMEarthWeights, MPMAEOutput, load_checkpoint
 from torchgeo_mmearth.trainers import MPMAETask
 from torchgeo_mmearth.trainers.mpmae import plot_reconstruction
 from torchgeo_mmearth.trainers.plotting import (
@@ -40,6 +42,17 @@ from torchgeo_mmearth.trainers.plotting import (
 
 CONF = Path(__file__).parents[1] / 'conf'
 EXAMPLES = Path(__file__).parents[2] / 'examples' / 'conf'
+
+
+@pytest.fixture
+def official_weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TORCHGEO_MMEARTH_WEIGHTS with a generated MMEarthWeights.S2_MP_MAE file."""
+    folder = tmp_path / 'weights'
+    path = folder / MMEarthWeights.S2_MP_MAE.meta['checkpoint'] / 'checkpoint-199.pth'
+    path.parent.mkdir(parents=True)
+    torch.save(official_checkpoint(seed=5), path)
+    monkeypatch.setenv('TORCHGEO_MMEARTH_WEIGHTS', str(folder))
+    return folder
 
 
 def small_task(**kwargs: Any) -> MPMAETask:
@@ -245,10 +258,59 @@ sys.exit(main())
             assert a.pop('data') != b.pop('data')
             assert a == b
 
+    def test_continue_pretraining_from_official_weights(
+        self,
+        mmearth_root: Path,
+        official_weights_dir: Path,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # `torchgeo-mmearth fit` with weights: MMEarthWeights.S2_MP_MAE, read from
+        # TORCHGEO_MMEARTH_WEIGHTS as on a machine without network.
+        args = cli_args(CONF / 'mpmae_continue.yaml', mmearth_root, tmp_path)
+        args[
+            args.index('--trainer.fast_dev_run') : args.index('--trainer.fast_dev_run')
+            + 2
+        ] = [
+            '--trainer.limit_train_batches',
+            '1',
+            '--trainer.limit_val_batches',
+            '0',
+            '--trainer.max_epochs',
+            '1',
+            '--trainer.logger',
+            'false',
+        ]
+        with caplog.at_level(logging.INFO):
+            assert main(args) == 0
+        (report,) = [
+            r.message for r in caplog.records if 'MP-MAE initialised' in r.message
+        ]
+        assert report.startswith('MP-MAE initialised from MMEarthWeights.S2_MP_MAE:')
+        assert 'new (freshly initialised): none' in report
+        assert 'unused from the checkpoint: none' in report
+
+        # After one step at lr ~1e-7, every part is still the checkpoint's: nothing
+        # was re-initialised (fresh values differ by 1e-2 and more).
+        (saved,) = (tmp_path / 'checkpoints').glob('*.ckpt')
+        state = torch.load(saved, weights_only=False)['state_dict']
+        official = load_checkpoint(
+            official_weights_dir
+            / MMEarthWeights.S2_MP_MAE.meta['checkpoint']
+            / 'checkpoint-199.pth'
+        )
+        expected = MPMAE('mmearth_convnextv2_atto')
+        expected.load_pretrained(official)
+        assert state.keys() >= {f'mpmae.{k}' for k in expected.state_dict()}
+        for key, value in expected.state_dict().items():
+            torch.testing.assert_close(
+                state[f'mpmae.{key}'], value, rtol=0, atol=1e-4, msg=key
+            )
+
     @pytest.mark.parametrize(
         'config', sorted(EXAMPLES.glob('*.yaml')), ids=lambda p: p.stem
     )
-    def test_example_configs(self, config: Path) -> None:
+    def test_example_configs(self, config: Path, official_weights_dir: Path) -> None:
         spec = yaml.safe_load(config.read_text())
         assert spec['model']['class_path'] == 'torchgeo_mmearth.trainers.MPMAETask'
         task = MPMAETask(**spec['model']['init_args'])
@@ -640,6 +702,36 @@ class TestCheckpoints:
         path = tmp_path / 'mpmae.ckpt'
         run.save_checkpoint(path)
         return path
+
+    def test_continue_from_a_checkpoint_of_this_task(self, checkpoint: Path) -> None:
+        # A real Lightning checkpoint of MPMAETask as weights, with fewer targets.
+        source = MPMAETask.load_from_checkpoint(checkpoint)
+        task = small_task(weights=str(checkpoint), target_modalities=['biome', 'aster'])
+        assert task.pretrained is not None
+        assert task.pretrained.new == {}
+        names = [t.name for t in source.mpmae.tasks]
+        assert len(names) == 12
+        assert set(task.pretrained.unused) == {
+            f'{part} {name}'
+            for name in names
+            if name not in ('biome', 'aster')
+            for part in ('head', 'log-variance')
+        }
+        expected = source.mpmae.state_dict()
+        for key, value in task.mpmae.state_dict().items():
+            if key != 'criterion.weighting.log_vars':
+                torch.testing.assert_close(value, expected[key], msg=key)
+        log_vars = source.mpmae.criterion.weighting.log_vars
+        torch.testing.assert_close(
+            task.mpmae.criterion.weighting.log_vars,
+            log_vars[[names.index('biome'), names.index('aster')]],
+        )
+
+    def test_weights_of_another_patch_size(self, tmp_path: Path) -> None:
+        path = tmp_path / 'checkpoint-199.pth'
+        torch.save(official_checkpoint(patch_size=16), path)
+        with pytest.raises(ValueError, match=f'weights {path}: .*patch size'):
+            small_task(weights=str(path))
 
     def test_torchgeo_classification_task_reuses_the_encoder(
         self, checkpoint: Path

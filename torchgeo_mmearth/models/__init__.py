@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         UnsafeCheckpointError,
         load_checkpoint,
     )
+    from .conversion import MPMAEParts, mpmae_parts
     from .masked_encoder import masked_forward, random_patch_mask, upsample_mask
     from .mmearth_convnextv2 import (
         MMEARTH_CONVNEXTV2_SIZES,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
         checkpoint_filter_fn,
     )
     from .mmearth_unet import MMEarthUNet
-    from .mpmae import MPMAE, MPMAEOutput
+    from .mpmae import MPMAE, MPMAEOutput, PretrainedLoad
     from .mpmae_decoder import MultiPretextDecoder
     from .smp_encoder import MMEarthConvNeXtV2Encoder
     from .weights import (
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         mmearth_convnextv2_atto,
         mmearth_convnextv2_atto_p16,
         mmearth_convnextv2_tiny,
+        pretraining_checkpoint,
         weights_state_dict,
     )
 
@@ -55,6 +57,7 @@ _SUBMODULES = {
         'UnsafeCheckpointError',
         'load_checkpoint',
     ),
+    'conversion': ('MPMAEParts', 'mpmae_parts'),
     'masked_encoder': ('masked_forward', 'random_patch_mask', 'upsample_mask'),
     'mmearth_convnextv2': (
         'MMEARTH_CONVNEXTV2_SIZES',
@@ -63,7 +66,7 @@ _SUBMODULES = {
         'checkpoint_filter_fn',
     ),
     'mmearth_unet': ('MMEarthUNet',),
-    'mpmae': ('MPMAE', 'MPMAEOutput'),
+    'mpmae': ('MPMAE', 'MPMAEOutput', 'PretrainedLoad'),
     'mpmae_decoder': ('MultiPretextDecoder',),
     'smp_encoder': ('MMEarthConvNeXtV2Encoder',),
     'weights': (
@@ -73,6 +76,7 @@ _SUBMODULES = {
         'mmearth_convnextv2_atto',
         'mmearth_convnextv2_atto_p16',
         'mmearth_convnextv2_tiny',
+        'pretraining_checkpoint',
         'weights_state_dict',
     ),
 }
@@ -90,8 +94,10 @@ __all__ = (
     'MMEarthUNet',
     'MMEarthWeights',
     'MPMAEOutput',
+    'MPMAEParts',
     'MultiPretextDecoder',
     'OfficialCheckpoint',
+    'PretrainedLoad',
     'UnsafeCheckpointError',
     'checkpoint_filter_fn',
     'convert_checkpoint',
@@ -100,6 +106,8 @@ __all__ = (
     'mmearth_convnextv2_atto',
     'mmearth_convnextv2_atto_p16',
     'mmearth_convnextv2_tiny',
+    'mpmae_parts',
+    'pretraining_checkpoint',
     'random_patch_mask',
     'upsample_mask',
     'weights_state_dict',

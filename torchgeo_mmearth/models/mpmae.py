@@ -1,7 +1,8 @@
 """MP-MAE: the Multi-Pretext Masked Autoencoder of MMEarth, in one module."""
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, get_args
 
 import timm
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from ..losses import MultiPretextLoss
 from ..losses.mpmae import Aggregation
 from ..modalities import PretextTask, default_pretext_tasks
+from .conversion import MPMAEParts, mpmae_parts
 from .masked_encoder import (
     GRNPooling,
     MaskedPath,
@@ -17,9 +19,30 @@ from .masked_encoder import (
     random_patch_mask,
     upsample_mask,
 )
+from .mmearth_convnextv2 import checkpoint_filter_fn
 from .mpmae_decoder import DecoderInit, MultiPretextDecoder
 
-__all__ = ['MPMAE', 'MPMAEOutput']
+__all__ = ['MPMAE', 'EncoderInit', 'MPMAEOutput', 'PretrainedLoad']
+
+#: Weight initialisation schemes of the encoder of :class:`MPMAE`.
+EncoderInit = Literal['timm', 'reference']
+
+
+def _reference_encoder_init(encoder: nn.Module) -> None:
+    """FCMAE's re-initialisation of its encoder (vishalned/MMEarth-train).
+
+    FCMAE applies its ``_init_weights`` to every module after the encoder's own
+    initialisation: depthwise kernels and ``MinkowskiLinear`` weights get a
+    truncated normal of standard deviation 1.0 (truncated at +-2), their biases 0;
+    the other convolutions keep standard deviation 0.02.
+    """
+    for name, module in encoder.named_modules():
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+        pointwise = isinstance(module, nn.Linear) and '.mlp.' in f'.{name}'
+        if depthwise or pointwise:
+            nn.init.trunc_normal_(module.weight, std=1.0, a=-2.0, b=2.0)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 class MPMAEOutput(NamedTuple):
@@ -37,6 +60,58 @@ class MPMAEOutput(NamedTuple):
     mask: Tensor
     #: Encoder features ``(B, C, G_h, G_w)``, zero at inactive cells.
     features: Tensor
+
+
+@dataclass(frozen=True)
+class PretrainedLoad:
+    """What :meth:`MPMAE.load_pretrained` took from a checkpoint, and what it did not.
+
+    Attributes:
+        loaded: the parts of the model set from the checkpoint (module paths of
+            :class:`MPMAE`, a task's log-variance as
+            ``criterion.weighting.log_vars[<task>]``).
+        new: the parts of the model left at their fresh initialisation, each with
+            the reason (a task the checkpoint lacks, another shape).
+        unused: the parts of the checkpoint that the model has no place for, each
+            with the reason.
+    """
+
+    loaded: tuple[str, ...]
+    new: dict[str, str]
+    unused: dict[str, str]
+
+    def summary(self) -> str:
+        """The report in a few lines, as the pretraining task logs it.
+
+        Returns:
+            One line each for the loaded, new and unused parts.
+        """
+
+        def listed(parts: Mapping[str, str]) -> str:
+            return '; '.join(f'{part} ({why})' for part, why in parts.items())
+
+        return (
+            f'loaded: {", ".join(_grouped(self.loaded))}\n'
+            f'new (freshly initialised): {listed(self.new) or "none"}\n'
+            f'unused from the checkpoint: {listed(self.unused) or "none"}'
+        )
+
+
+def _grouped(paths: Sequence[str]) -> list[str]:
+    """``heads.a``, ``heads.b``, ``v[a]``, ``v[b]`` as ``heads.{a, b}``, ``v[a, b]``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for path in paths:
+        if path.endswith(']'):
+            stem, _, name = path[:-1].partition('[')
+            groups.setdefault((stem + '[', ']'), []).append(name)
+        elif path.startswith('decoder.heads.'):
+            groups.setdefault(('decoder.heads.{', '}'), []).append(path[14:])
+        else:
+            groups.setdefault((path, ''), [])
+    return [
+        f'{start}{", ".join(names)}{end}' if names else start
+        for (start, end), names in groups.items()
+    ]
 
 
 class MPMAE(nn.Module):
@@ -76,6 +151,7 @@ class MPMAE(nn.Module):
         decoder_depth: int = 1,
         shared_decoder: bool = True,
         decoder_init: DecoderInit = 'reference',
+        encoder_init: EncoderInit = 'timm',
         norm_pix_loss: Collection[str] | None = None,
         aggregation: Aggregation = 'uncertainty',
         grn_pooling: GRNPooling = 'batch',
@@ -100,6 +176,10 @@ class MPMAE(nn.Module):
             shared_decoder: one decoder for all tasks (the released checkpoints)
                 or one per task.
             decoder_init: ``'reference'`` or ``'timm'`` decoder initialisation.
+            encoder_init: ``'timm'`` keeps the encoder's own initialisation
+                (standard deviation 0.02); ``'reference'`` re-initialises its
+                depthwise convolutions and MLPs with standard deviation 1.0, as the
+                reference's FCMAE did (see :doc:`/fixes`).
             norm_pix_loss: tasks whose pixel targets are normalised per patch; None
                 for sentinel2 when it is a task.
             aggregation: ``'uncertainty'`` or ``'unweighted'`` task weighting.
@@ -111,13 +191,18 @@ class MPMAE(nn.Module):
             input_key: batch key of the encoder input.
 
         Raises:
-            ValueError: if *mask_ratio* is out of range or *patch_size* is not the
-                encoder's total stride.
+            ValueError: if *mask_ratio* is out of range, *patch_size* is not the
+                encoder's total stride or *encoder_init* is unknown.
             TypeError: if *encoder* has no ``num_features``.
         """
         super().__init__()
         if not 0 <= mask_ratio < 1:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
+        if encoder_init not in get_args(EncoderInit):
+            raise ValueError(
+                f'Unknown encoder_init {encoder_init!r}; valid choices are '
+                f'{get_args(EncoderInit)}'
+            )
         if isinstance(encoder, str):
             encoder = timm.create_model(
                 encoder, in_chans=in_chans, patch_size=patch_size, num_classes=0
@@ -133,6 +218,8 @@ class MPMAE(nn.Module):
                 f'encoder {type(encoder).__name__} has no integer num_features '
                 '(the channels of its last stage)'
             )
+        if encoder_init == 'reference':
+            _reference_encoder_init(encoder)
         self.encoder = encoder
         self.tasks = tuple(default_pretext_tasks() if tasks is None else tasks)
         self.patch_size = patch_size
@@ -172,6 +259,161 @@ class MPMAE(nn.Module):
         return {
             task.name: value for task, value in zip(self.tasks, log_vars, strict=True)
         }
+
+    def load_pretrained(
+        self, checkpoint: Mapping[str, Any] | MPMAEParts
+    ) -> PretrainedLoad:
+        """Initialise the model from a whole MP-MAE checkpoint, part by part.
+
+        The encoder must be the checkpoint's (architecture, input bands and patch
+        size; an error otherwise, as nothing could be continued). Every other part
+        loads when the checkpoint has it with the same shape: the projection and
+        mask token, the decoder (a shared decoder from the checkpoint's shared one;
+        per-task decoders from the task's own or from the shared one), the
+        image-level LayerNorm, each task's head and its uncertainty log-variance,
+        matched by task name. A task the checkpoint lacks, or with other channels
+        (bands, classes), keeps its fresh initialisation.
+
+        Args:
+            checkpoint: a checkpoint in a format of
+                :func:`~torchgeo_mmearth.models.conversion.mpmae_parts` (the
+                official pretraining checkpoints, an
+                :class:`~torchgeo_mmearth.trainers.MPMAETask` checkpoint, an
+                :class:`MPMAE` state dict), or its converted parts.
+
+        Returns:
+            Which parts were loaded, which are new, and which parts of the
+            checkpoint were not used.
+
+        Raises:
+            ValueError: if the checkpoint is not a whole MP-MAE checkpoint, its
+                encoder is another architecture, or it has one decoder per task
+                and this model shares one.
+        """
+        parts = (
+            checkpoint
+            if isinstance(checkpoint, MPMAEParts)
+            else mpmae_parts(checkpoint)
+        )
+        own = self.state_dict()
+        values: dict[str, Tensor] = {}
+        loaded: list[str] = []
+        new: dict[str, str] = {}
+        unused: dict[str, str] = {}
+
+        def take(path: str, tensors: Mapping[str, Tensor] | None, why: str) -> None:
+            """Load the module at *path* from *tensors* (its keys), or say why not."""
+            wanted = {
+                k.removeprefix(f'{path}.'): v
+                for k, v in own.items()
+                if k.startswith(f'{path}.')
+            }
+            if tensors is None:
+                new[path] = why
+            elif tensors.keys() != wanted.keys():
+                extra = sorted(tensors.keys() - wanted.keys())
+                lacking = sorted(wanted.keys() - tensors.keys())
+                new[path] = (
+                    f'other entries (only in the checkpoint: {extra[:3]}, only in '
+                    f'the model: {lacking[:3]})'
+                )
+            elif any(tensors[k].shape != wanted[k].shape for k in wanted):
+                key = next(k for k in wanted if tensors[k].shape != wanted[k].shape)
+                new[path] = (
+                    f'{key}: {tuple(tensors[key].shape)} in the checkpoint, '
+                    f'{tuple(wanted[key].shape)} in the model'
+                )
+            else:
+                values.update({f'{path}.{k}': v for k, v in tensors.items()})
+                loaded.append(path)
+
+        encoder = checkpoint_filter_fn(parts.encoder, self.encoder)
+        values.update({f'encoder.{k}': v for k, v in encoder.items()})
+        loaded.append('encoder')
+        take('decoder.proj', parts.projection, '')
+        token = own['decoder.mask_token']
+        if parts.mask_token.shape == token.shape:
+            values['decoder.mask_token'] = parts.mask_token
+            loaded.append('decoder.mask_token')
+        else:
+            new['decoder.mask_token'] = (
+                f'{tuple(parts.mask_token.shape)} in the checkpoint, '
+                f'{tuple(token.shape)} in the model'
+            )
+        decoder = self.decoder
+        ours = {task.name for task in self.tasks}
+        if decoder.decoder is not None:
+            if not parts.shared_decoder:
+                raise ValueError(
+                    'the checkpoint has one decoder per task; build MPMAE with '
+                    'shared_decoder=False to continue it'
+                )
+            take(
+                'decoder.decoder',
+                next(iter(parts.decoders.values()), None),
+                'the checkpoint has no decoder',
+            )
+            if decoder.image_norm is not None:
+                take(
+                    'decoder.image_norm',
+                    next(iter(parts.image_norms.values()), None),
+                    'the checkpoint has no image-level task',
+                )
+        else:
+            shared = (
+                next(iter(parts.decoders.values()), None)
+                if parts.shared_decoder
+                else None
+            )
+            for name in decoder.decoders:
+                take(
+                    f'decoder.decoders.{name}',
+                    parts.decoders.get(name, shared),
+                    'not a task of the checkpoint',
+                )
+            shared_norm = (
+                next(iter(parts.image_norms.values()), None)
+                if parts.shared_decoder
+                else None
+            )
+            for name in decoder.image_norms:
+                take(
+                    f'decoder.image_norms.{name}',
+                    parts.image_norms.get(name, shared_norm),
+                    'not an image-level task of the checkpoint',
+                )
+        for task in self.tasks:
+            take(
+                f'decoder.heads.{task.name}',
+                parts.heads.get(task.name),
+                'not a task of the checkpoint',
+            )
+        for name in parts.tasks:
+            if name not in ours:
+                unused[f'head {name}'] = 'not a task of the model'
+
+        weighting = self.criterion.weighting
+        if weighting is not None:
+            log_vars = weighting.log_vars.detach().clone()
+            for i, task in enumerate(self.tasks):
+                path = f'criterion.weighting.log_vars[{task.name}]'
+                if task.name in parts.log_vars:
+                    log_vars[i] = parts.log_vars[task.name]
+                    loaded.append(path)
+                elif parts.log_vars:
+                    new[path] = 'not a task of the checkpoint'
+                else:
+                    new[path] = 'the checkpoint was trained with unweighted losses'
+            values['criterion.weighting.log_vars'] = log_vars
+            for name in parts.log_vars:
+                if name not in ours:
+                    unused[f'log-variance {name}'] = 'not a task of the model'
+        elif parts.log_vars:
+            unused['log-variances'] = 'the model sums its losses unweighted'
+
+        result = self.load_state_dict(values, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        return PretrainedLoad(tuple(loaded), new, unused)
 
     def forward(
         self,

@@ -53,6 +53,7 @@ __all__ = [
     'mmearth_convnextv2_atto',
     'mmearth_convnextv2_atto_p16',
     'mmearth_convnextv2_tiny',
+    'pretraining_checkpoint',
     'weights_state_dict',
 ]
 
@@ -260,6 +261,50 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
                 f'{self!r}: weights_only=False is not supported; MMEarth '
                 'checkpoints are always loaded without running pickled code'
             )
+        checkpoint_data = self.get_checkpoint(
+            model_dir, map_location, progress, check_hash, file_name
+        )
+        try:
+            return convert_checkpoint(
+                checkpoint_data, self.meta['model'], self.meta['in_chans']
+            )
+        except ValueError as error:
+            raise ValueError(f'{self!r} ({self._source(model_dir)}): {error}') from None
+
+    def get_checkpoint(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        map_location: str | torch.device | None = 'cpu',
+        progress: bool = True,
+        check_hash: bool = False,
+        file_name: str | None = None,
+    ) -> Mapping[str, Any]:
+        """Find, or download once, the whole official checkpoint, unconverted.
+
+        The file is found as by :meth:`get_state_dict`; everything in it is
+        returned (``model`` with encoder, decoder, heads and task weights,
+        ``optimizer``, ``epoch``, ``args``), for
+        :meth:`~torchgeo_mmearth.models.MPMAE.load_pretrained` to continue
+        pretraining from.
+
+        Args:
+            model_dir: a checkpoint file, a folder of the published files, or the
+                cache folder instead of ``<torch hub dir>/checkpoints``.
+            map_location: where to put the tensors.
+            progress: show a progress bar while downloading.
+            check_hash: check a download against a hash prefix in the URL's
+                file name.
+            file_name: name of the cached file.
+
+        Returns:
+            The unpickled checkpoint.
+
+        Raises:
+            CheckpointDownloadError: if no local copy was found and the download
+                failed; the message says where a copy on disk is read from.
+            TypeError: if the file holds no dictionary.
+            UnsafeCheckpointError: if the file pickles anything but plain data.
+        """
         checkpoint = _CHECKPOINTS[self.name]
         map_location = map_location if map_location is not None else 'cpu'
         source = self._local_copy(model_dir)
@@ -267,7 +312,6 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
             if source is not None:
                 checkpoint_data = load_checkpoint(source, map_location=map_location)
             else:
-                source = self.url
                 checkpoint_data = load_checkpoint(
                     self.url,
                     map_location=map_location,
@@ -282,15 +326,14 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
             ) from None
         if not isinstance(checkpoint_data, Mapping):
             raise TypeError(
-                f'{self!r}: {source} holds a {type(checkpoint_data).__name__}, not '
-                'a checkpoint dictionary'
+                f'{self!r}: {self._source(model_dir)} holds a '
+                f'{type(checkpoint_data).__name__}, not a checkpoint dictionary'
             )
-        try:
-            return convert_checkpoint(
-                checkpoint_data, self.meta['model'], self.meta['in_chans']
-            )
-        except ValueError as error:
-            raise ValueError(f'{self!r} ({source}): {error}') from None
+        return checkpoint_data
+
+    def _source(self, model_dir: str | os.PathLike[str] | None) -> str:
+        """The local file read for this member, or its URL."""
+        return self._local_copy(model_dir) or self.url
 
     def _published_file(self, folder: str | os.PathLike[str]) -> str:
         """Where a folder of the published files holds this member's checkpoint."""
@@ -442,6 +485,42 @@ def weights_state_dict(
         f'{path} is neither a Lightning checkpoint, a {{"state_dict": ...}} file '
         'nor a state dict'
     )
+
+
+def pretraining_checkpoint(weights: WeightsArg) -> Mapping[str, Any]:
+    """The whole MP-MAE checkpoint that TorchGeo-style weights name, unconverted.
+
+    For :meth:`~torchgeo_mmearth.models.MPMAE.load_pretrained`, which continues
+    pretraining from the encoder, decoder, heads and task weights.
+
+    Args:
+        weights: an :class:`MMEarthWeights` member, its name
+            (``'MMEarthWeights.S2_MP_MAE'``), or the path or URL of a checkpoint
+            (an official ``checkpoint-199.pth``, a Lightning checkpoint of
+            :class:`~torchgeo_mmearth.trainers.MPMAETask`).
+
+    Returns:
+        The unpickled checkpoint.
+
+    Raises:
+        ValueError: for weights of another enum (they hold no MP-MAE decoder).
+        TypeError: if the file holds no dictionary.
+    """
+    weights = _resolve(weights)
+    if isinstance(weights, MMEarthWeights):
+        return weights.get_checkpoint()
+    if isinstance(weights, WeightsEnum) or weights is None:
+        raise ValueError(
+            f'{weights!r} are not MP-MAE pretraining weights: continue pretraining '
+            'from an MMEarthWeights member or an MP-MAE checkpoint file'
+        )
+    checkpoint = load_checkpoint(weights)
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(
+            f'{os.fspath(weights)} holds a {type(checkpoint).__name__}, not a '
+            'checkpoint dictionary'
+        )
+    return checkpoint
 
 
 def _weights_architecture(weights: WeightsEnum) -> tuple[str, int, int]:

@@ -9,6 +9,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 # timm.optim has no __all__, so mypy does not see its re-exports.
@@ -16,10 +17,11 @@ from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
 from torch import Tensor
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
+from torchvision.models._api import WeightsEnum
 
 from .._compat import BaseTask
 from ..modalities import default_pretext_tasks
-from ..models import MPMAE, MPMAEOutput
+from ..models import MPMAE, MPMAEOutput, PretrainedLoad, pretraining_checkpoint
 from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine
 from .plotting import (
@@ -54,6 +56,13 @@ class MPMAETask(BaseTask):
     (``ClassificationTask(model=..., weights='path/to/mpmae.ckpt')``) and for
     ``torchgeo-mmearth export-weights``.
 
+    **Continued pretraining.** ``weights`` starts from a published MP-MAE (an
+    :class:`~torchgeo_mmearth.models.MMEarthWeights` member) or from a checkpoint
+    file, whole: encoder, decoder, prediction heads and uncertainty weights
+    (:meth:`~torchgeo_mmearth.models.MPMAE.load_pretrained`). Tasks the checkpoint
+    lacks, or whose channels differ, start fresh; the task logs which parts were
+    loaded and which are new, and keeps the report in :attr:`pretrained`.
+
     If you use this trainer in your research, please cite the following paper:
 
     * https://arxiv.org/abs/2405.02771
@@ -73,6 +82,7 @@ class MPMAETask(BaseTask):
         decoder_depth: int = 1,
         shared_decoder: bool = True,
         decoder_init: Literal['reference', 'timm'] = 'reference',
+        encoder_init: Literal['timm', 'reference'] = 'timm',
         norm_pix_loss: Sequence[str] | None = None,
         loss_aggregation: Literal['uncertainty', 'unweighted'] = 'uncertainty',
         grn_pooling: Literal['batch', 'sample'] = 'batch',
@@ -83,6 +93,7 @@ class MPMAETask(BaseTask):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40.0,
         plot_every_n_steps: int | None = 1000,
+        weights: WeightsEnum | str | None = None,
     ) -> None:
         """Initialize a new MPMAETask instance.
 
@@ -105,6 +116,10 @@ class MPMAETask(BaseTask):
                 (True), or one per task (False; costs one decoder per task).
             decoder_init: decoder initialisation, ``'reference'`` (as the released
                 checkpoints) or ``'timm'``.
+            encoder_init: encoder initialisation, ``'timm'`` (the encoder's own,
+                standard deviation 0.02) or ``'reference'`` (FCMAE's standard
+                deviation 1.0 for depthwise convolutions and MLPs, as the released
+                checkpoints started from; see :doc:`/fixes`).
             norm_pix_loss: targets normalised per patch; None for sentinel2 only.
             loss_aggregation: ``'uncertainty'`` (learned task weights) or
                 ``'unweighted'`` (sum).
@@ -119,16 +134,25 @@ class MPMAETask(BaseTask):
             warmup_epochs: epochs of linear warm-up (fractions allowed).
             plot_every_n_steps: log a reconstruction figure every this many training
                 steps to loggers that take figures; None never.
+            weights: a whole MP-MAE checkpoint to continue pretraining from: an
+                :class:`~torchgeo_mmearth.models.MMEarthWeights` member, its name
+                (``'MMEarthWeights.S2_MP_MAE'``), or the path of an official
+                checkpoint or of a checkpoint of this task. Its encoder must have
+                this task's *model*, *in_channels* and *patch_size*.
 
         Raises:
-            ValueError: for a target modality the format does not know, or an input
-                size that is not a multiple of the patch size.
+            ValueError: for a target modality the format does not know, an input
+                size that is not a multiple of the patch size, or weights whose
+                encoder is not this task's.
         """
         if input_size % patch_size:
             raise ValueError(
                 f'input_size {input_size} must be a multiple of patch_size {patch_size}'
             )
         default_pretext_tasks(target_modalities or None)  # a clear error, early
+        self.weights = weights
+        #: What ``weights`` initialised (None without weights).
+        self.pretrained: PretrainedLoad | None = None
         super().__init__()
 
     def configure_models(self) -> None:
@@ -153,10 +177,13 @@ class MPMAETask(BaseTask):
             decoder_depth=hparams['decoder_depth'],
             shared_decoder=hparams['shared_decoder'],
             decoder_init=hparams['decoder_init'],
+            encoder_init=hparams['encoder_init'],
             norm_pix_loss=hparams['norm_pix_loss'],
             aggregation=hparams['loss_aggregation'],
             grn_pooling=hparams['grn_pooling'],
         )
+        if self.weights:
+            self.pretrained = self._load_weights(self.weights)
         # TorchGeo's extract_backbone reads the encoder from the 'model.' keys.
         self.model = self.mpmae.encoder
         self._last_plot_step = -1
@@ -168,6 +195,16 @@ class MPMAETask(BaseTask):
             'train': [],
             'val': [],
         }
+
+    def _load_weights(self, weights: WeightsEnum | str) -> PretrainedLoad:
+        """Initialise MP-MAE from *weights* and log what was loaded."""
+        name = weights if isinstance(weights, str) else repr(weights)
+        try:
+            report = self.mpmae.load_pretrained(pretraining_checkpoint(weights))
+        except ValueError as error:
+            raise ValueError(f'weights {name}: {error}') from None
+        rank_zero_info(f'MP-MAE initialised from {name}:\n{report.summary()}')
+        return report
 
     def forward(self, batch: Mapping[str, Any], **kwargs: Any) -> MPMAEOutput:
         """Run MP-MAE on a batch.
