@@ -15,9 +15,11 @@ DEMO_DIR ?= demo-output
 # .ci/python-latest.sh finds a Python >= 3.12, or builds CPython 3.13 once into
 # ~/.cache/torchgeo-mmearth (about 5 minutes on 2 cores).
 LATEST_VENV := .venv-latest
+# The demo of each environment writes its own folder, so neither overwrites the other.
+LATEST_DEMO_DIR := $(DEMO_DIR)-latest
 
 demo-latest test-latest lint-latest docs-latest:
-	python=$$(.ci/python-latest.sh) && $(MAKE) $(@:-latest=) VENV=$(LATEST_VENV) PYTHON="$$python"
+	python=$$(.ci/python-latest.sh) && $(MAKE) $(@:-latest=) VENV=$(LATEST_VENV) PYTHON="$$python" DEMO_DIR=$(LATEST_DEMO_DIR)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,4 +57,4 @@ docs: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage docs/_build
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) $(LATEST_DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage docs/_build

@@ -48,6 +48,20 @@ def mmearth_root(
     return root
 
 
+@pytest.fixture(scope='session')
+def mmearth_v1_root(
+    mmearth_data: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """MMEarth64 in the v1.0 release (``data_1M_v1.0_64``), 10 tiles.
+
+    The tiles of the v001 ``mmearth_root`` (same seed), with the v1.0 no-data
+    placeholders: ESA WorldCover 0 instead of 255, ERA5 NaN instead of +inf.
+    """
+    root = tmp_path_factory.mktemp('mmearth_v1')
+    mmearth_data.write_corpus(root, 'MMEarth64', num_tiles=10, seed=0, version='v1.0')
+    return root
+
+
 @pytest.fixture(autouse=True)
 def torch_hub(tmp_path: Path) -> None:
     """Keep downloads and hub caches out of the user's home directory."""

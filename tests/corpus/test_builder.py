@@ -86,6 +86,8 @@ class TestLayout:
                 assert dataset.maxshape == dataset.shape
             assert f['metadata'].dtype == METADATA_DTYPE
             assert f['metadata'].chunks == (1,)
+            # The release whose no-data placeholders the builder writes.
+            assert dict(f.attrs) == {'version': 'v1.0'}
             assert f['sentinel2'].shape == (5, 13, 16, 16)
 
     def test_tile_ids_and_info(self, built: tuple[Path, BuildReport]) -> None:
@@ -409,7 +411,11 @@ class TestReaders:
         for split in MMEarth.splits:
             ds = MMEarth(root, NAME, split, modalities=list(MODALITIES))
             lengths[split] = len(ds)
-            sample = MMEarthNormalize(ds.band_stats, ds.modality_bands)(ds[0])
+            assert ds.version == 'v1.0'  # from the file: the name states none
+            normalize = MMEarthNormalize(
+                ds.band_stats, ds.modality_bands, version=ds.version
+            )
+            sample = normalize(ds[0])
             assert ds.tile_size == 16
             assert sample['image_sentinel2'].shape == (12, 16, 16)
             assert sample['mask_dynamic_world'].min() >= 0

@@ -424,7 +424,7 @@ def test_cli(
     assert 'era5' in out and '1/1' in out
     era5, info, _ = read(tmp_path)
     check_tiles(corpus_data, era5, info, 13)
-    assert main([*args, '--era5-year-months', '0']) == 1
+    assert main([*args, '--era5-year-months', '0']) == 2
     assert 'era5_year_months must be an integer >= 1' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['--help'])

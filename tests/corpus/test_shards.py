@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,10 @@ def test_cli_reports_and_never_overwrites_unless_asked(
     assert not (out.parent / 'shards.partial').exists()
 
     assert main(args) == 2
-    assert 'exists; pass overwrite=True (--overwrite)' in capsys.readouterr().err
+    assert (
+        capsys.readouterr().err
+        == f'error: {out} exists; add --overwrite to replace it\n'
+    )
     assert main([*args, '--overwrite', '--no-progress']) == 0
     assert capsys.readouterr().err == ''
     manifest = json.loads((out / 'mmearth_shards.json').read_text())
@@ -90,3 +94,31 @@ def test_interrupted_conversion_resumes(
 def test_errors(mmearth_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="has no split 'holdout'"):
         shard_corpus(mmearth_root, 'MMEarth64', tmp_path / 'x', splits=['holdout'])
+
+
+def test_corrupt_corpus_is_one_line(
+    mmearth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged row: the file, dataset and row, and the folder kept to resume."""
+    import h5py
+
+    folder = mmearth_root / 'data_1M_v001_64'
+    root = tmp_path / 'root'
+    shutil.copytree(folder, root / folder.name)
+    [h5] = (root / folder.name).glob('*.h5')
+    with h5py.File(h5) as file:
+        sentinel2 = file['sentinel2'].id
+        chunk = sentinel2.get_chunk_info(sentinel2.get_num_chunks() - 1)
+    data = bytearray(h5.read_bytes())
+    start, stop = chunk.byte_offset + 100, chunk.byte_offset + chunk.size - 100
+    data[start:stop] = bytes(stop - start)
+    h5.write_bytes(data)
+    out = tmp_path / 'shards'
+    args = ['shard', '--root', str(root), '--subset', 'MMEarth64', '--out', str(out)]
+    assert main([*args, '--workers', '1', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f'error: {h5}: cannot read row ')
+    assert "of dataset 'sentinel2'" in err and 'corrupt or truncated' in err
+    assert f'What was converted is kept in {out}.partial: run the same ' in err
+    assert (tmp_path / 'shards.partial').is_dir() and not out.exists()

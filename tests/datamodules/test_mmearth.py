@@ -323,3 +323,23 @@ def test_distributed_ranks_read_their_own_share(
         assert Path(tmp_path, f'loader{rank}.txt').read_text() == (
             'ResumableDataLoader DistributedSampler pack_collate'
         )
+
+
+def test_normalizer_takes_the_release(
+    mmearth_root: Path, mmearth_v1_root: Path
+) -> None:
+    batches = []
+    for root, kwargs, release in (
+        (mmearth_root, {}, 'v001'),
+        (mmearth_v1_root, {}, 'v1.0'),
+        (mmearth_root, {'version': 'v1.0'}, 'v1.0'),
+    ):
+        dm = datamodule(root, **kwargs)
+        dm.setup('test')
+        assert dm.normalizer is not None and dm.normalizer.version == release
+        batches.append(transfer(dm, next(iter(dm.test_dataloader())), 'test'))
+    # The same tiles with either release's placeholders: the same batches.
+    for batch in batches[1:]:
+        assert batch['tile_id'] == batches[0]['tile_id']
+        for key in (*PIXEL_KEYS, 'era5'):
+            assert same(batch[key].float(), batches[0][key].float()), key

@@ -258,3 +258,11 @@ def test_two_processes_resume_mid_epoch(mmearth_shards: Path, tmp_path: Path) ->
     assert [len(seen) for seen in rest] == [2, 2]
     assert [a + b for a, b in zip(first, rest, strict=True)] == uninterrupted
     assert not set(uninterrupted[0]) & set(uninterrupted[1])
+
+
+def test_normalizer_takes_the_release_of_the_shards(
+    mmearth_shards: Path, tmp_path: Path
+) -> None:
+    dm = streaming(mmearth_shards, tmp_path)
+    dm.setup('fit')
+    assert dm.normalizer is not None and dm.normalizer.version == 'v001'

@@ -31,8 +31,14 @@ SUBSETS = {'MMEarth': 128, 'MMEarth64': 64, 'MMEarth100k': 128}
 ALL_MODALITIES = list(MODALITIES)
 
 
-def h5_path(root: Path, subset: str) -> Path:
+def folder_name(root: Path, subset: str) -> str:
+    """The subset's folder under *root*: its v001 name, else its v1.0 name."""
     stem = MMEarth.subsets[subset]
+    return stem if (root / stem).is_dir() else stem.replace('v001', 'v1.0')
+
+
+def h5_path(root: Path, subset: str) -> Path:
+    stem = folder_name(root, subset)
     return root / stem / f'{stem}.h5'
 
 
@@ -43,17 +49,17 @@ def raw(root: Path, subset: str, name: str, row: int) -> np.ndarray:
 
 
 def band_stats(root: Path, subset: str) -> dict[str, Any]:
-    stem = MMEarth.subsets[subset]
+    stem = folder_name(root, subset)
     return json.loads((root / stem / f'{stem}_band_stats.json').read_text())
 
 
 def normalizer(ds: MMEarth) -> MMEarthNormalize:
     """The normalisation that makes the dataset's raw samples model-ready."""
-    return MMEarthNormalize(ds.band_stats, ds.modality_bands)
+    return MMEarthNormalize(ds.band_stats, ds.modality_bands, version=ds.version)
 
 
 def copy_subset(root: Path, subset: str, destination: Path) -> Path:
-    stem = MMEarth.subsets[subset]
+    stem = folder_name(root, subset)
     shutil.copytree(root / stem, destination / stem)
     return destination / stem
 
@@ -145,9 +151,22 @@ class TestSubsets:
 
 
 class TestNoData:
-    """Every no-data rule of the published format, checked against raw values."""
+    """Every no-data rule of both releases of the data, checked against raw values."""
 
     subset = 'MMEarth64'
+
+    @pytest.fixture(params=['v001', 'v1.0'])
+    def root(
+        self, request: pytest.FixtureRequest, mmearth_root: Path, mmearth_v1_root: Path
+    ) -> Path:
+        """The MMEarth64 test corpus of each release."""
+        return mmearth_root if request.param == 'v001' else mmearth_v1_root
+
+    def test_release_is_detected_from_the_name(self, root: Path) -> None:
+        ds = MMEarth(root, self.subset)
+        expected = 'v001' if ds.directory.name == 'data_1M_v001_64' else 'v1.0'
+        assert ds.directory.name == f'data_1M_{expected}_64'
+        assert ds.version == expected
 
     def samples(
         self, root: Path, normalize: bool = True
@@ -169,13 +188,11 @@ class TestNoData:
         assert sorted(row for _, row in samples) == list(range(10))
         return samples
 
-    def test_sentinel2_zero_is_nodata_before_normalisation(
-        self, mmearth_root: Path
-    ) -> None:
-        stats = band_stats(mmearth_root, self.subset)
+    def test_sentinel2_zero_is_nodata_before_normalisation(self, root: Path) -> None:
+        stats = band_stats(root, self.subset)
         seen_nodata = False
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'sentinel2', row)
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'sentinel2', row)
             stored = stored[[i for i in range(13) if i != 10]].astype(np.float64)
             level = 'l2a' if sample['s2_type'] == 1 else 'l1c'
             mean = np.delete(np.array(stats[f'sentinel2_{level}']['mean']), 10)
@@ -189,44 +206,42 @@ class TestNoData:
             seen_nodata |= bool((stored == 0).any())
         assert seen_nodata
 
-    def test_sentinel2_l1c_and_l2a_statistics(self, mmearth_root: Path) -> None:
-        samples = self.samples(mmearth_root, normalize=False)
+    def test_sentinel2_l1c_and_l2a_statistics(self, root: Path) -> None:
+        samples = self.samples(root, normalize=False)
         assert {int(sample['s2_type']) for sample, _ in samples} == {0, 1}
-        with h5py.File(h5_path(mmearth_root, self.subset)) as f:
+        with h5py.File(h5_path(root, self.subset)) as f:
             levels = [m[1].decode() for m in f['metadata'][:]]
         for sample, row in samples:
             assert sample['s2_type'] == ('l1c', 'l2a').index(levels[row])
 
-    def test_l2a_b10_is_nodata(self, mmearth_root: Path) -> None:
+    def test_l2a_b10_is_nodata(self, root: Path) -> None:
         bands = {'sentinel2': list(MODALITIES['sentinel2'].bands)}
-        ds = MMEarth(
-            mmearth_root, self.subset, modalities=['sentinel2'], modality_bands=bands
-        )
+        ds = MMEarth(root, self.subset, modalities=['sentinel2'], modality_bands=bands)
         normalize = normalizer(ds)
         for index in range(len(ds)):
             sample = normalize(ds[index])
             b10 = sample['image_sentinel2'][10]
             assert b10.isnan().all() == (sample['s2_type'] == 1)
 
-    def test_sentinel1_missing_orbits(self, mmearth_root: Path) -> None:
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'sentinel1', row)
+    def test_sentinel1_missing_orbits(self, root: Path) -> None:
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'sentinel1', row)
             got = sample['image_sentinel1']
             assert torch.equal(got.isnan(), torch.from_numpy(~np.isfinite(stored)))
 
-    def test_aster_clamped_placeholder(self, mmearth_root: Path) -> None:
+    def test_aster_clamped_placeholder(self, root: Path) -> None:
         found = False
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'aster', row)
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'aster', row)
             got = sample['image_aster']
             assert torch.equal(got.isnan(), torch.from_numpy(stored == -32768))
             found |= bool((stored == -32768).any())
         assert found
 
-    def test_canopy_height_int8_placeholders(self, mmearth_root: Path) -> None:
+    def test_canopy_height_int8_placeholders(self, root: Path) -> None:
         clamped = wrapped = False
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'canopy_height_eth', row)
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'canopy_height_eth', row)
             got = sample['image_canopy_height_eth']
             nodata = (stored == 127) | (stored < 0)
             assert torch.equal(got.isnan(), torch.from_numpy(nodata))
@@ -234,69 +249,75 @@ class TestNoData:
             wrapped |= bool((stored == -1).any())
         assert clamped and wrapped
 
-    def test_dynamic_world(self, mmearth_root: Path) -> None:
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'dynamic_world', row).astype(
-                np.int64
-            )
+    def test_dynamic_world(self, root: Path) -> None:
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'dynamic_world', row).astype(np.int64)
             expected = np.where((stored >= 1) & (stored <= 9), stored - 1, -1)
             np.testing.assert_array_equal(
                 sample['mask_dynamic_world'].numpy(), expected
             )
 
-    def test_esa_worldcover_keeps_tree_cover(self, mmearth_root: Path) -> None:
+    def test_esa_worldcover_keeps_tree_cover(self, root: Path) -> None:
         codes = [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'esa_worldcover', row)
+        # The release's placeholder: 255 in v001, 0 in v1.0.
+        placeholder = {'v001': 255, 'v1.0': 0}[MMEarth(root, self.subset).version]
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'esa_worldcover', row)
             got = sample['mask_esa_worldcover'].numpy()
             expected = np.full(stored.shape, -1)
             for cls, code in enumerate(codes):
                 expected[stored == code] = cls
             np.testing.assert_array_equal(got, expected)
-            assert (got == 0).any()  # tree cover survives
+            assert (got[stored == 10] == 0).all() and (got == 0).any()  # tree cover
+            assert (stored[..., -1] == placeholder).all()
             assert (got[stored == 0] == -1).all() and (got[stored == 255] == -1).all()
 
-    def test_sentinel2_masks(self, mmearth_root: Path) -> None:
-        for sample, row in self.samples(mmearth_root):
-            qa60 = raw(mmearth_root, self.subset, 'sentinel2_cloudmask', row)
+    def test_sentinel2_masks(self, root: Path) -> None:
+        for sample, row in self.samples(root):
+            qa60 = raw(root, self.subset, 'sentinel2_cloudmask', row)
             expected = np.select([qa60 == 0, qa60 == 1024, qa60 == 2048], [0, 1, 2], -1)
             np.testing.assert_array_equal(
                 sample['mask_sentinel2_cloudmask'].numpy(), expected
             )
-            scl = raw(mmearth_root, self.subset, 'sentinel2_scl', row)
+            scl = raw(root, self.subset, 'sentinel2_scl', row)
             np.testing.assert_array_equal(
                 sample['mask_sentinel2_scl'].numpy(),
                 np.where(scl == 255, -1, scl.astype(np.int64)),
             )
-            prob = raw(mmearth_root, self.subset, 'sentinel2_cloudprod', row)
+            prob = raw(root, self.subset, 'sentinel2_cloudprod', row)
             assert torch.equal(
                 sample['image_sentinel2_cloudprod'].isnan(),
                 torch.from_numpy(prob == 65535),
             )
 
-    def test_era5_nan(self, mmearth_root: Path) -> None:
-        stats = band_stats(mmearth_root, self.subset)['era5']
-        for sample, row in self.samples(mmearth_root):
-            stored = raw(mmearth_root, self.subset, 'era5', row).astype(np.float64)
-            expected = (stored - np.array(stats['mean'])) / np.array(stats['std'])
+    def test_era5_nodata(self, root: Path) -> None:
+        stats = band_stats(root, self.subset)['era5']
+        # The release's placeholder: +inf in v001, NaN in v1.0.
+        placeholder = {'v001': np.isposinf, 'v1.0': np.isnan}[
+            MMEarth(root, self.subset).version
+        ]
+        missing = 0
+        for sample, row in self.samples(root):
+            stored = raw(root, self.subset, 'era5', row).astype(np.float64)
+            zscores = (stored - np.array(stats['mean'])) / np.array(stats['std'])
+            expected = np.where(np.isfinite(stored), zscores, np.nan)
             np.testing.assert_allclose(
                 sample['era5'].numpy(), expected, rtol=1e-5, atol=1e-5
             )
+            assert (placeholder(stored) == ~np.isfinite(stored)).all()
+            missing += int(placeholder(stored).sum())
+        assert missing == 4  # the year window of one tile
 
-    def test_image_level_classes_are_indices(self, mmearth_root: Path) -> None:
-        for sample, row in self.samples(mmearth_root):
-            assert (
-                sample['biome'] == raw(mmearth_root, self.subset, 'biome', row).argmax()
-            )
+    def test_image_level_classes_are_indices(self, root: Path) -> None:
+        for sample, row in self.samples(root):
+            assert sample['biome'] == raw(root, self.subset, 'biome', row).argmax()
             assert (
                 sample['eco_region']
-                == raw(mmearth_root, self.subset, 'eco_region', row).argmax()
+                == raw(root, self.subset, 'eco_region', row).argmax()
             )
 
-    def test_broken_one_hot_is_ignored(
-        self, mmearth_root: Path, tmp_path: Path
-    ) -> None:
-        copy_subset(mmearth_root, self.subset, tmp_path)
+    def test_broken_one_hot_is_ignored(self, root: Path, tmp_path: Path) -> None:
+        copy_subset(root, self.subset, tmp_path)
         with h5py.File(h5_path(tmp_path, self.subset), 'r+') as f:
             f['biome'][:] = 0  # no class set
             f['eco_region'][:, :2] = 1  # two classes set
@@ -708,16 +729,18 @@ class TestPlot:
         sample['image_sentinel1'][:5] = math.nan
         # Canopy height without height: its std is drawn.
         sample['image_canopy_height_eth'][0] = math.nan
+        # One last panel lists every absent modality.
         assert figure_panels(dataset.plot(sample)) == [
             ('sentinel2 RGB', False),
             ('sentinel2 cloudmask', False),
-            ('sentinel2 cloudprod', True),
-            ('sentinel2 scl', True),
             ('sentinel1 desc VH', False),
-            ('aster', True),
             ('dynamic world', False),
             ('canopy height eth std', False),
-            ('esa worldcover', True),
+            (
+                'no data in this tile:\n'
+                + 'sentinel2 cloudprod, sentinel2 scl, aster, esa worldcover',
+                True,
+            ),
         ]
 
     def test_sentinel1_without_either_pass(
@@ -729,14 +752,18 @@ class TestPlot:
             for panel in figure_panels(dataset.plot(sample))
             if panel[0].startswith('sentinel1')
         ]
-        assert sentinel1 == [('sentinel1', True)]
+        assert sentinel1 == []
+        assert figure_panels(dataset.plot(sample))[-1] == (
+            'no data in this tile:\nsentinel1',
+            True,
+        )
 
     @pytest.mark.parametrize(
         ('index', 'sentinel1'),
         [
             (0, ('sentinel1 asc VV', False)),
             (4, ('sentinel1 desc VV', False)),
-            (8, ('sentinel1', True)),
+            (8, ('no data in this tile:\nsentinel1', True)),
         ],
         ids=['ascending', 'descending', 'none'],
     )
@@ -746,6 +773,20 @@ class TestPlot:
         assert figure_panels(ds.plot(ds[index])) == [
             ('sentinel2 RGB', False),
             sentinel1,
+        ]
+
+    def test_demo_corpus_with_the_default_modalities(self) -> None:
+        # The demo corpus holds Sentinel-2, Sentinel-1 and image-level modalities:
+        # the maps it lacks are one panel, not one "no data" panel each.
+        ds = MMEarth(subset='MMEarthDemo')
+        assert figure_panels(ds.plot(ds[0])) == [
+            ('sentinel2 RGB', False),
+            ('sentinel1 asc VV', False),
+            (
+                'no data in this tile:\n'
+                + 'aster, dynamic world, canopy height eth, esa worldcover',
+                True,
+            ),
         ]
 
     def test_raw_samples_and_no_titles(self, mmearth_root: Path) -> None:
@@ -850,3 +891,129 @@ class TestCorpusFolders:
             tmp_path, 'MMEarthDemo', 'val', modalities=['sentinel2', 'sentinel1']
         )
         assert ds.root == DEMO_ROOT and len(ds) == 8
+
+
+class TestReleases:
+    """v001 and v1.0: which folder, which release, and the same samples."""
+
+    def test_both_releases_give_the_same_samples(
+        self, mmearth_root: Path, mmearth_v1_root: Path
+    ) -> None:
+        """The same tiles with either release's placeholders normalise the same."""
+        for split in MMEarth.splits:
+            v001 = MMEarth(mmearth_root, 'MMEarth64', split, modalities=ALL_MODALITIES)
+            v1 = MMEarth(mmearth_v1_root, 'MMEarth64', split, modalities=ALL_MODALITIES)
+            assert (v001.version, v1.version) == ('v001', 'v1.0')
+            normalizers = [
+                MMEarthNormalize(v001.band_stats, v001.modality_bands, version=version)
+                for version in (None, 'v001', 'v1.0')
+            ]
+            for index in range(len(v001)):
+                old, new = v001[index], v1[index]
+                assert (old['mask_esa_worldcover'][..., -1] == 255).all()
+                assert (new['mask_esa_worldcover'][..., -1] == 0).all()
+                expected = normalizer(v001)(old)
+                assert same_samples(normalizer(v1)(new), expected)
+                for normalize in normalizers:
+                    assert same_samples(normalize(old), expected)
+                    assert same_samples(normalize(new), expected)
+
+    @pytest.mark.parametrize(
+        ('subset', 'folder'),
+        [
+            ('MMEarth', 'data_1M_v1.0'),
+            ('MMEarth64', 'data_1M_v1_0_64'),
+            ('MMEarth100k', 'data_100k_v100'),
+        ],
+    )
+    def test_named_subsets_find_the_v1_folder(
+        self, mmearth_data: ModuleType, tmp_path: Path, subset: str, folder: str
+    ) -> None:
+        mmearth_data.write_corpus(
+            tmp_path, subset, num_tiles=5, version='v1.0', folder=folder
+        )
+        ds = MMEarth(tmp_path, subset, modalities=['esa_worldcover'])
+        assert ds.directory.name == folder and ds.version == 'v1.0'
+        assert len(ds) == 3 and ds.tile_size == SUBSETS[subset]
+        assert (ds[0]['mask_esa_worldcover'][..., -1] == 0).all()
+
+    @pytest.mark.parametrize(
+        ('folder', 'attribute', 'expected'),
+        [
+            ('data_mine', 'v1.0', 'v1.0'),
+            ('data_mine', '1.0', 'v1.0'),
+            ('data_mine', b'v1.0', 'v1.0'),
+            ('data_mine', 'v001', 'v001'),
+            ('data_mine', None, None),
+            ('data_mine_v1.0', None, 'v1.0'),
+            ('data_1M_v001_64', 'v1.0', 'v1.0'),  # the file over its name
+        ],
+    )
+    def test_release_from_the_file_then_the_name(
+        self,
+        mmearth_data: ModuleType,
+        tmp_path: Path,
+        folder: str,
+        attribute: str | bytes | None,
+        expected: str | None,
+    ) -> None:
+        mmearth_data.write_corpus(
+            tmp_path,
+            num_tiles=2,
+            version=expected or 'v1.0',
+            folder=folder,
+            attribute=attribute,
+        )
+        ds = MMEarth(tmp_path, folder, modalities=['era5'])
+        assert ds.version == expected
+        assert normalizer(ds).version == expected
+
+    def test_explicit_version_overrides(
+        self, mmearth_root: Path, mmearth_data: ModuleType, tmp_path: Path
+    ) -> None:
+        # The only MMEarth64 folder under root, read as the release asked for.
+        ds = MMEarth(mmearth_root, 'MMEarth64', version='v1_0')
+        assert ds.directory.name == 'data_1M_v001_64' and ds.version == 'v1.0'
+        mmearth_data.write_corpus(
+            tmp_path, num_tiles=2, folder='data_mine', attribute='v1.0'
+        )
+        assert MMEarth(tmp_path, 'data_mine', version='v001').version == 'v001'
+
+    def test_both_releases_under_root(
+        self, mmearth_root: Path, mmearth_v1_root: Path, tmp_path: Path
+    ) -> None:
+        copy_subset(mmearth_root, 'MMEarth64', tmp_path)
+        copy_subset(mmearth_v1_root, 'MMEarth64', tmp_path)
+        with pytest.raises(
+            ValueError,
+            match=r'holds MMEarth64 in several folders: data_1M_v001_64 \(v001\), '
+            r"data_1M_v1\.0_64 \(v1\.0\); pass version= \(one of \['v001', 'v1\.0'\]",
+        ):
+            MMEarth(tmp_path, 'MMEarth64')
+        for version in ('v001', 'v1.0'):
+            ds = MMEarth(tmp_path, 'MMEarth64', version=version)
+            assert ds.directory.name == f'data_1M_{version}_64'
+            assert ds.version == version
+
+    @pytest.mark.parametrize('version', ['v2', '1', 'latest', ''])
+    def test_unknown_version(self, mmearth_root: Path, version: str) -> None:
+        with pytest.raises(
+            ValueError,
+            match=r"version must be one of \['v001', 'v1\.0'\] \(the MMEarth data "
+            rf'release\), got {version!r}',
+        ):
+            MMEarth(mmearth_root, 'MMEarth64', version=version)
+
+    def test_unknown_recorded_version(
+        self, mmearth_data: ModuleType, tmp_path: Path
+    ) -> None:
+        mmearth_data.write_corpus(
+            tmp_path, num_tiles=2, folder='data_mine', attribute='2.0'
+        )
+        with pytest.raises(
+            ValueError,
+            match=r"data_mine\.h5: the root attribute 'version' is '2\.0', which is "
+            r"not an MMEarth data release \(\['v001', 'v1\.0'\]\); pass version=",
+        ):
+            MMEarth(tmp_path, 'data_mine')
+        assert MMEarth(tmp_path, 'data_mine', version='v1.0').version == 'v1.0'

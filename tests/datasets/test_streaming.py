@@ -1,3 +1,5 @@
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,49 @@ def test_errors(mmearth_shards: Path, tmp_path: Path) -> None:
         StreamingMMEarth(mmearth_shards, 'holdout')
     with pytest.raises(ValueError, match="Unknown modality 'sentinel3'"):
         StreamingMMEarth(mmearth_shards, modalities=['sentinel3'])
+
+
+def test_release_survives_sharding(
+    mmearth_root: Path, mmearth_v1_root: Path, mmearth_shards: Path, tmp_path: Path
+) -> None:
+    assert StreamingMMEarth(mmearth_shards, cache_dir=str(tmp_path)).version == 'v001'
+    # Both releases of MMEarth64 under one root: the version chooses.
+    root = tmp_path / 'both'
+    for source in (mmearth_root, mmearth_v1_root):
+        folder = next(source.glob('data_1M_v*_64'))
+        shutil.copytree(folder, root / folder.name)
+    out = tmp_path / 'v1'
+    with pytest.raises(ValueError, match='holds MMEarth64 in several folders'):
+        shard_corpus(root, 'MMEarth64', out, splits=['val'], progress=False)
+    shard_corpus(
+        root,
+        'MMEarth64',
+        out,
+        splits=['val'],
+        num_workers=1,
+        progress=False,
+        version='v1.0',
+    )
+    manifest = json.loads((out / 'mmearth_shards.json').read_text())
+    assert manifest['folder'] == 'data_1M_v1.0_64'
+    assert manifest['data_version'] == 'v1.0'
+    modalities = ['era5', 'esa_worldcover']
+    streamed = StreamingMMEarth(
+        out, 'val', modalities=modalities, cache_dir=str(tmp_path / 'cache')
+    )
+    hdf5 = MMEarth(mmearth_v1_root, 'MMEarth64', 'val', modalities=modalities)
+    assert streamed.version == hdf5.version == 'v1.0'
+    normalize = MMEarthNormalize(
+        streamed.band_stats, streamed.modality_bands, version=streamed.version
+    )
+    by_id = {hdf5[i]['tile_id']: hdf5[i] for i in range(len(hdf5))}
+    for i in range(len(streamed)):
+        sample = streamed[i]
+        assert (sample['mask_esa_worldcover'][..., -1] == 0).all()
+        expected = normalize(by_id[sample['tile_id']])
+        got = normalize(sample)
+        assert all(same(got[key], expected[key]) for key in expected)
+    # Shards written before the release was recorded: unknown.
+    del manifest['data_version']
+    (out / 'mmearth_shards.json').write_text(json.dumps(manifest))
+    assert StreamingMMEarth(out, 'val', cache_dir=str(tmp_path / 'c2')).version is None

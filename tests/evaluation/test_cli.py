@@ -148,17 +148,27 @@ data:
     assert math.isnan(float(rows[0]['ci_low']))  # no bootstrap
 
 
-def test_errors(tmp_path: Path) -> None:
+def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ['probe', '--data', DATAMODULE, '--out', str(tmp_path), '--device', 'cpu']
     with pytest.raises(SystemExit):
         main([*base, '--methods', 'svm'])
     with pytest.raises(SystemExit):
         main([*base, '--task', 'binary'])
-    with pytest.raises(ValueError, match=r'--fractions must be in \(0, 1\]'):
-        main([*base, '--fractions', '0', '0.5'])
+    capsys.readouterr()
+    assert main([*base, '--fractions', '0', '0.5']) == 2
+    assert (
+        capsys.readouterr().err == 'error: --fractions must be in (0, 1], got [0.0]\n'
+    )
     plain = ['probe', '--data', 'tests.evaluation.test_cli.Plain']
-    with pytest.raises(ValueError, match='has no partition argument'):
-        main([*plain, '--fractions', '0.01x_train'])
+    assert main([*plain, '--fractions', '0.01x_train']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'has no partition argument' in err
+    assert len(err.splitlines()) == 1
+    # A truncated --weights file: one line naming it.
+    truncated = tmp_path / 'truncated.ckpt'
+    truncated.write_bytes(b'PK')
+    assert main([*base, '--weights', str(truncated)]) == 2
+    assert capsys.readouterr().err.startswith(f'error: {truncated} is truncated')
 
 
 def test_ctrl_c_says_what_was_kept(
@@ -211,9 +221,10 @@ def test_export_interrupted_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = tmp_path / 'mpmae.ckpt'
+    hparams = {'model': 'mmearth_convnextv2_atto', 'in_channels': 12, 'patch_size': 8}
     torch.save(
         {
-            'hyper_parameters': {'model': 'mmearth_convnextv2_atto'},
+            'hyper_parameters': hparams,
             'state_dict': {'model.stem.0.weight': torch.zeros(1)},
         },
         checkpoint,

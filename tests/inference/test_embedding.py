@@ -6,6 +6,8 @@ Georeference, chips, seams, no-data, mosaics and resume of
 
 import hashlib
 import json
+import shutil
+from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
@@ -239,15 +241,70 @@ def test_missing_bands_are_named(weights_p8: Path, tmp_path: Path) -> None:
     path = tmp_path / 'S2A_MSIL2A_20170613T101031_rgb.tif'
     with rasterio.open(path, 'w', **profile) as dst:
         dst.write(np.concatenate([data] * 3))
-    with pytest.raises(ValueError, match=r"lacks \['B1', 'B5'"):
+    with pytest.raises(ValueError, match=r"lacks \['B1', 'B5'.*Pass fill="):
         embed(path, weights_p8, tmp_path / 'x.tif', bands=['B2', 'B3', 'B4'])
     with pytest.raises(ValueError, match='without descriptions: pass bands'):
         sentinel2_source(path)
     undated = tmp_path / 'undated' / 'L2A_rgb.tif'
     undated.parent.mkdir()
     undated.write_bytes(path.read_bytes())
-    with pytest.raises(ValueError, match='put the date in the file name'):
+    with pytest.raises(ValueError, match=r"no acquisition date.*date='YYYY-MM-DD'"):
         sentinel2_source(undated, bands=['B2', 'B3', 'B4'])
+
+
+def date_of(inputs: Path | list[Path], **kwargs: object) -> datetime:
+    (acquisition,) = sentinel2_source(inputs, **kwargs).acquisitions
+    assert acquisition.date is not None
+    return acquisition.date
+
+
+def test_dates_from_file_names(tmp_path: Path) -> None:
+    """The first YYYYMMDD[THHMMSS] or YYYY-MM-DD of a name, for files and folders."""
+    product = 'S2A_MSIL2A_20170613T101031_N0205_R022_T33UUP_20170614T101535'
+    stack = write_stack(tmp_path / f'{product}.tif')
+    assert date_of(stack) == datetime(2017, 6, 13, 10, 10, 31)
+    iso = stack.rename(tmp_path / 'L2A_2020-01-13_20200120.tif')
+    assert date_of(iso) == datetime(2020, 1, 13)
+    # A folder of single-band files, and a VRT.
+    folder = tmp_path / 'bands'
+    folder.mkdir()
+    for path in PATCH.glob('*_B*.tif'):
+        band = path.stem.rpartition('_')[2]
+        shutil.copy(path, folder / f'L2A_20200114_T33UUP_2020-01-15_{band}.tif')
+    assert date_of(folder) == datetime(2020, 1, 14)
+    vrt = tmp_path / 'vrt' / 'S2A_MSIL2A_2020-01-16.vrt'
+    vrt.parent.mkdir()
+    rasterio.shutil.copy(iso, vrt, driver='VRT')
+    assert date_of(vrt) == datetime(2020, 1, 16)
+
+
+def test_dates_from_tags(tmp_path: Path) -> None:
+    """Without a date in the name: GDAL's Sentinel-2 sensing time, TIFF's DateTime."""
+    stack = write_stack(tmp_path / 'S2A_MSIL2A_stack.tif')
+    with rasterio.open(stack, 'r+') as dst:
+        dst.update_tags(TIFFTAG_DATETIME='2020:01:13 10:11:12')
+    assert date_of(stack) == datetime(2020, 1, 13, 10, 11, 12)
+    with rasterio.open(stack, 'r+') as dst:
+        dst.update_tags(PRODUCT_START_TIME='2020-01-12T09:08:07.024Z')
+    assert date_of(stack) == datetime(2020, 1, 12, 9, 8, 7)
+    # A VRT has the tags gdal_translate copies into it.
+    vrt = tmp_path / 'vrt' / 'S2A_MSIL2A_stack.vrt'
+    vrt.parent.mkdir()
+    rasterio.shutil.copy(stack, vrt, driver='VRT')
+    assert date_of(vrt) == datetime(2020, 1, 12, 9, 8, 7)
+    # The name comes before the tags, and date before both.
+    named = stack.rename(tmp_path / 'S2A_MSIL2A_2019-05-05_stack.tif')
+    assert date_of(named) == datetime(2019, 5, 5)
+    assert date_of(named, date='2021-02-03') == datetime(2021, 2, 3)
+    assert date_of([named], date=datetime(2021, 2, 3, 4)) == datetime(2021, 2, 3, 4)
+
+
+def test_date_argument_errors(tmp_path: Path) -> None:
+    stack = write_stack(tmp_path / 'S2A_MSIL2A_20170613T101031_stack.tif')
+    with pytest.raises(ValueError, match="date: '2020-13-01' is not an ISO date"):
+        sentinel2_source(stack, date='2020-13-01')
+    with pytest.raises(ValueError, match='RasterDataset is dated by its filename'):
+        sentinel2_source(Stack(paths=[str(tmp_path)]), date='2020-01-13')
 
 
 def test_mosaic_in_one_crs(weights_p16: Path, tmp_path: Path) -> None:

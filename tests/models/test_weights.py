@@ -46,6 +46,7 @@ from torchgeo_mmearth.models import (
     mmearth_convnextv2_atto_p16,
     mmearth_convnextv2_tiny,
 )
+from torchgeo_mmearth.models.checkpoints import CorruptCheckpointError
 from torchgeo_mmearth.transforms import MMEarthS2Normalize
 
 from ..transforms.sentinel2 import raw_s2, zscore
@@ -309,6 +310,27 @@ class TestSafeLoading:
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match='no checkpoint file'):
             load_checkpoint(tmp_path / 'nothing.pth')
+
+    def test_truncated_or_other_file(self, tmp_path: Path) -> None:
+        path = official_file(tmp_path / 'checkpoint-199.pth')
+        truncated = tmp_path / 'truncated.pth'
+        truncated.write_bytes(path.read_bytes()[:1000])
+        text = tmp_path / 'notes.pth'
+        text.write_text('not a checkpoint')
+        for bad in (truncated, text, tmp_path / 'empty.pth'):
+            bad.touch()
+            for mmap in (False, True):
+                with pytest.raises(CorruptCheckpointError) as caught:
+                    load_checkpoint(bad, mmap=mmap)
+                message = str(caught.value)
+                assert message.startswith(f'{bad} is truncated or not a PyTorch')
+                assert caught.value.path == str(bad) and '\n' not in message
+                assert caught.value.__cause__ is None
+        # Through the loaders of the weights too, also from Python.
+        with pytest.raises(CorruptCheckpointError, match=r'truncated\.pth is trunc'):
+            mmearth_convnextv2_atto(weights=str(truncated))
+        with pytest.raises(CorruptCheckpointError, match=r'truncated\.pth is trunc'):
+            HEADLINE.get_state_dict(truncated)
 
     def test_enum_and_timm_refuse(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -125,6 +125,23 @@ class TestDownloadErrors:
             cache_file().parent.iterdir()
         )
 
+    def test_offline_with_the_variable_set(
+        self, tmp_path: Path, offline: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(WEIGHTS_DIR_VARIABLE, str(tmp_path))
+        with pytest.raises(CheckpointDownloadError) as caught:
+            HEADLINE.get_state_dict(progress=False)
+        published = f'{FOLDER}/checkpoint-199.pth'
+        # Which folder was looked in, rather than advice to set the variable.
+        assert str(caught.value) == (
+            f'could not download {offline}: [Errno 111] Connection refused. '
+            f'{WEIGHTS_DIR_VARIABLE} is set to {tmp_path}, but '
+            f'{tmp_path / published} does not exist. To load a copy of {published} '
+            f'from disk instead, put it there or at {cache_file()}, or pass its '
+            'path: MMEarthWeights.S2_MP_MAE.get_state_dict('
+            "'/path/to/checkpoint-199.pth')"
+        )
+
     def test_offline_in_torchgeos_task(self, offline: str) -> None:
         # One error, not URLError chained under another traceback.
         with pytest.raises(CheckpointDownloadError, match='Connection refused') as e:

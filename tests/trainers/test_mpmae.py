@@ -31,9 +31,10 @@ from torchgeo_mmearth.modalities import (
     Kind,
     Level,
     PretextTask,
+    default_pretext_tasks,
 )
 from torchgeo_mmearth.models import MPMAE, MMEarthWeights, MPMAEOutput, load_checkpoint
-from torchgeo_mmearth.trainers import MPMAETask
+from torchgeo_mmearth.trainers import MPMAETask, resume_in_version_folder
 from torchgeo_mmearth.trainers.mpmae import plot_reconstruction
 from torchgeo_mmearth.trainers.plotting import (
     plot_training_progress,
@@ -147,7 +148,7 @@ import os, signal, sys
 # (whose children inherit SIGINT ignored)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from torchgeo_mmearth.main import main
-from torchgeo_mmearth.trainers import MPMAETask
+from torchgeo_mmearth.trainers import MPMAETask, resume_in_version_folder
 
 training_step = MPMAETask.training_step
 
@@ -224,6 +225,27 @@ sys.exit(main())
             if not torch.equal(value, last['state_dict'][key])
         ]
         assert different == []
+
+    def test_resumed_fit_keeps_its_version_folder(
+        self, mmearth_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def fit(epochs: int, *extra: str) -> None:
+            args = cli_args(CONF / 'mpmae.yaml', mmearth_root, tmp_path)
+            start = args.index('--trainer.fast_dev_run')
+            args[start : start + 2] = ['--trainer.limit_train_batches', '1']
+            args += ['--trainer.limit_val_batches', '1', '--trainer.max_epochs']
+            assert main([*args, str(epochs), *extra]) == 0
+
+        with caplog.at_level(logging.INFO):
+            fit(1)
+        logs = tmp_path / 'lightning_logs'
+        (first,) = (logs / 'version_0' / 'checkpoints').glob('*.ckpt')
+        with caplog.at_level(logging.INFO):
+            fit(2, '--ckpt_path', str(first))
+        assert [p.name for p in logs.iterdir()] == ['version_0']
+        assert len(list((logs / 'version_0').glob('events.out.tfevents*'))) == 2
+        # Lightning's advertisements are left out.
+        assert not [r for r in caplog.records if 'Tip:' in r.getMessage()]
 
     def test_plugin_command_with_short_names(
         self, mmearth_root: Path, tmp_path: Path
@@ -421,9 +443,12 @@ class TestReconstructionFigure:
         self, batch: dict[str, Any]
     ) -> None:
         figure = self.draw(batch)
-        assert figure_panels(figure) == [
+        panels = figure_panels(figure)
+        assert panels[4][0].startswith('sentinel2 squared error\n(masked patches, mean')
+        del panels[4]
+        assert panels == [
             ('Sentinel-2 input', False),
-            ('visible patches', False),
+            ('visible patches\n(masked: grey checks)', False),
             ('sentinel2 target', False),
             ('sentinel2 reconstructed\n(masked patches predicted)', False),
             ('sentinel1 asc VV target', False),
@@ -449,20 +474,19 @@ class TestReconstructionFigure:
         batch['mask_esa_worldcover'][0] = IGNORE_INDEX
         # Canopy height without height: its std is drawn.
         batch['image_canopy_height_eth'][0, 0] = math.nan
-        assert figure_panels(self.draw(batch))[4:] == [
-            ('sentinel1', True),
-            ('aster', True),
+        # One panel lists every absent modality, after those with data.
+        assert figure_panels(self.draw(batch))[5:] == [
             ('dynamic_world target', False),
             ('dynamic_world' + PREDICTED, False),
             ('canopy_height_eth std target', False),
             ('canopy_height_eth std' + PREDICTED, False),
-            ('esa_worldcover', True),
+            ('no data in this tile:\nsentinel1, aster, esa_worldcover', True),
         ]
 
     def test_descending_pass_only(self, batch: dict[str, Any]) -> None:
         # No ascending pass and no descending VV: descending VH stands for it.
         batch['image_sentinel1'][0, :5] = math.nan
-        assert figure_panels(self.draw(batch))[4:6] == [
+        assert figure_panels(self.draw(batch))[5:7] == [
             ('sentinel1 desc VH target', False),
             ('sentinel1 desc VH' + PREDICTED, False),
         ]
@@ -496,7 +520,10 @@ class TestReconstructionFigure:
         assert [panel.title for panel in panels[2:]] == [
             'sentinel2 target',
             'sentinel2 reconstructed\n(masked patches predicted)',
+            'sentinel2 squared error\n(masked patches, mean 0.00)',
         ]
+        error = panels[4].image
+        assert error is not None and np.nanmax(error) < 1e-9
         drawn_target, reconstructed = panels[2].image, panels[3].image
         assert drawn_target is not None and reconstructed is not None
         finite = target[0].isfinite().all(0).numpy()
@@ -505,6 +532,37 @@ class TestReconstructionFigure:
         )
         # Without target data a patch has no statistics: drawn as no data (white).
         assert (reconstructed[8:16, 8:16] == 1).all()
+
+    def test_masked_patches_and_error_scale(self, batch: dict[str, Any]) -> None:
+        task = small_task()
+        with torch.no_grad():
+            output = task(batch, generator=torch.Generator().manual_seed(0))
+        panels = reconstruction_panels(batch, output, task.mpmae.tasks, 8)
+        visible, error = panels[1].image, panels[4].image
+        assert visible is not None and error is not None
+        hidden = output.mask[0].repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+        # Masked patches: grey checks of 2 px, in every channel; nothing else.
+        checks = visible[hidden]
+        assert set(np.unique(checks)) == {0.4, 0.65}
+        assert (visible[:2, :2] == visible[0, 0]).all()
+        # The error of the masked patches only, on the one fixed scale.
+        assert np.isnan(error[~hidden]).all() and np.isfinite(error[hidden]).all()
+        assert panels[4].options == {'cmap': 'magma', 'vmin': 0.0, 'vmax': 2.0}
+        assert f'mean {np.nanmean(error):.2f}' in panels[4].title
+
+    def test_the_figure_tile_has_every_pixel_target(
+        self, batch: dict[str, Any]
+    ) -> None:
+        task = small_task()
+        batch['image_sentinel1'][0] = math.nan
+        # Tile 1 is given every map; the choice is kept for later batches.
+        for modality in MODALITIES.values():
+            if modality.level is Level.PIXEL and modality.key in batch:
+                batch[modality.key][1] = batch[modality.key][0]
+        batch['image_sentinel1'][1] = torch.randn(batch['image_sentinel1'][1].shape)
+        assert task._figure_tile(batch) == 1
+        batch['image_sentinel1'][:] = math.nan
+        assert task._figure_tile(batch) == 1
 
     def test_bad_arguments(self, batch: dict[str, Any]) -> None:
         task = small_task()
@@ -572,7 +630,7 @@ class TestProgressFigure:
             limit_val_batches=1,
             num_sanity_val_steps=0,
         )
-        *images, curves = figure.axes
+        *images, curves, per_task = figure.axes
         rows = [images[: len(images) // 2], images[len(images) // 2 :]]
         assert [row[0].get_ylabel() for row in rows] == [
             'validation tile\nepoch 1, step 2',
@@ -595,6 +653,14 @@ class TestProgressFigure:
         epoch_means = torch.tensor(steps).reshape(2, 2).mean(1).tolist()
         np.testing.assert_allclose(train.get_ydata(), epoch_means, rtol=1e-5)
         np.testing.assert_allclose(val.get_ydata(), validation, rtol=1e-5)
+        # Each task's training loss per epoch, relative to its first epoch.
+        assert [line.get_label() for line in per_task.get_lines()] == [
+            task.name for task in default_pretext_tasks()
+        ]
+        for line in per_task.get_lines():
+            assert list(line.get_xdata()) == [2, 4]
+            assert line.get_ydata()[0] == 1
+        assert 'masked patches, in the loss' in figure.get_supxlabel()
 
     def test_without_validation_rows_are_training_batches(
         self, mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -612,7 +678,7 @@ class TestProgressFigure:
             'training batch\nepoch 1, step 0',
             'training batch\nepoch 2, step 1',
         ]
-        assert [line.get_label() for line in figure.axes[-1].get_lines()] == [
+        assert [line.get_label() for line in figure.axes[-2].get_lines()] == [
             'training (epoch mean)'
         ]
 
@@ -789,7 +855,10 @@ class TestCheckpoints:
     def test_export_weights_refuses_other_files(self, tmp_path: Path) -> None:
         path = tmp_path / 'other.ckpt'
         torch.save({'state_dict': {}, 'hyper_parameters': {}}, path)
-        with pytest.raises(ValueError, match='not a Lightning checkpoint of MPMAETask'):
+        with pytest.raises(
+            ValueError,
+            match='is not a checkpoint of MPMAETask: it is a Lightning checkpoint of another task',
+        ):
             export_weights(path, tmp_path / 'out.pth')
 
     def test_resume_continues_the_run(self, mmearth_root: Path, tmp_path: Path) -> None:
@@ -818,6 +887,49 @@ class TestCheckpoints:
         assert lr == pytest.approx(uninterrupted.optimizers[0].param_groups[0]['lr'])
         state = resumed.optimizers[0].state
         assert all(s['step'] == 8 for s in state.values())  # AdamW moments carried on
+
+    def test_resumed_run_keeps_its_folder_and_history(
+        self, mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        saved: list[Figure] = []
+        savefig = Figure.savefig
+
+        def record(figure: Figure, *args: Any, **kw: Any) -> None:
+            saved.append(figure)
+            savefig(figure, *args, **kw)
+
+        monkeypatch.setattr(Figure, 'savefig', record)
+
+        def run(epochs: int) -> Trainer:
+            return trainer(
+                tmp_path,
+                max_epochs=epochs,
+                limit_train_batches=2,
+                limit_val_batches=1,
+                num_sanity_val_steps=0,
+                logger=lightning.pytorch.loggers.TensorBoardLogger(tmp_path),
+                callbacks=[ModelCheckpoint(save_last=True)],
+            )
+
+        run(1).fit(small_task(), datamodule(mmearth_root))
+        last = tmp_path / 'lightning_logs' / 'version_0' / 'checkpoints' / 'last.ckpt'
+        assert last.is_file()
+        resumed = run(2)
+        assert resume_in_version_folder(resumed, last) == last.parent.parent
+        resumed.fit(small_task(), datamodule(mmearth_root), ckpt_path=last)
+        # The same folder, not version_1; its figure covers both epochs.
+        assert [p.name for p in (tmp_path / 'lightning_logs').iterdir()] == [
+            'version_0'
+        ]
+        assert resumed.log_dir == str(last.parent.parent)
+        assert (last.parent.parent / 'reconstruction.png').is_file()
+        *images, curves, _ = saved[-1].axes
+        train, val = curves.get_lines()
+        assert list(train.get_xdata()) == list(val.get_xdata()) == [2, 4]
+        assert [images[0].get_ylabel(), images[len(images) // 2].get_ylabel()] == [
+            'validation tile\nepoch 1, step 2',
+            'validation tile\nepoch 2, step 4',
+        ]
 
 
 @pytest.mark.slow

@@ -1,3 +1,4 @@
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -7,7 +8,7 @@ import torch
 from torch.utils.data import default_collate
 
 from torchgeo_mmearth.datasets import MMEarth
-from torchgeo_mmearth.modalities import MODALITIES
+from torchgeo_mmearth.modalities import MODALITIES, data_version
 from torchgeo_mmearth.transforms import MMEarthNormalize
 
 
@@ -135,3 +136,63 @@ def test_missing_level_statistics() -> None:
         normalize({'image_sentinel2': x, 's2_type': torch.tensor([0, 1])})
     with pytest.raises(ValueError, match="none of \\['sentinel2_l1c'"):
         MMEarthNormalize({'aster': stats()['aster']}, {'sentinel2': ['B2']})
+
+
+@pytest.mark.parametrize('version', [None, 'v001', 'v1.0', 'v1_0'])
+def test_every_release_placeholder_is_nodata(version: str | None) -> None:
+    era5_stats = {'mean': [280.0] * 12, 'std': [10.0] * 12}
+    normalize = MMEarthNormalize(
+        {'era5': era5_stats},
+        {'era5': MODALITIES['era5'].bands, 'esa_worldcover': ['map']},
+        version=version,
+    )
+    assert normalize.version == (None if version is None else data_version(version))
+    era5 = torch.full((12,), 290.0)
+    era5[:3] = torch.tensor([math.inf, math.nan, -math.inf])  # v001, v1.0, other
+    # Tree cover (10), v1.0 no-data (0), v001 no-data (255), no code (15), moss (100).
+    esa = torch.tensor([[[10, 0, 255, 15, 100]]], dtype=torch.uint8)
+    out = normalize({'era5': era5, 'mask_esa_worldcover': esa})
+    assert out['era5'][:3].isnan().all()
+    torch.testing.assert_close(out['era5'][3:], torch.ones(9))
+    assert out['mask_esa_worldcover'].tolist() == [[[0, -1, -1, -1, 10]]]
+
+
+def test_unknown_version() -> None:
+    with pytest.raises(
+        ValueError, match=r"version must be one of \['v001', 'v1\.0'\].*got 'v2'"
+    ):
+        MMEarthNormalize({}, {'esa_worldcover': ['map']}, version='v2')
+
+
+def test_both_fixture_releases(mmearth_root: Path, mmearth_v1_root: Path) -> None:
+    """ERA5 and ESA WorldCover of both releases, sample by sample."""
+    codes = MODALITIES['esa_worldcover'].class_values
+    seen = set()
+    for root, split in itertools.product(
+        (mmearth_root, mmearth_v1_root), MMEarth.splits
+    ):
+        ds = MMEarth(root, 'MMEarth64', split, modalities=['era5', 'esa_worldcover'])
+        normalize = MMEarthNormalize(
+            ds.band_stats, ds.modality_bands, version=ds.version
+        )
+        mean = torch.tensor(ds.band_stats['era5']['mean'], dtype=torch.float32)
+        std = torch.tensor(ds.band_stats['era5']['std'], dtype=torch.float32)
+        for index in range(len(ds)):
+            sample = ds[index]
+            out = normalize(sample)
+            era5 = sample['era5']
+            nodata = ~era5.isfinite()
+            assert torch.equal(out['era5'].isnan(), nodata)
+            torch.testing.assert_close(
+                out['era5'][~nodata], ((era5 - mean) / std)[~nodata]
+            )
+            stored = sample['mask_esa_worldcover'].long()
+            expected = torch.full_like(stored, -1)
+            for cls, code in enumerate(codes):
+                expected[stored == code] = cls
+            assert torch.equal(out['mask_esa_worldcover'], expected)
+            assert (out['mask_esa_worldcover'][stored == 10] == 0).all()
+            seen.add((ds.version, int(stored[..., -1].max()), int(nodata.sum())))
+    # Each release's placeholders: ESA 255 / 0 in the last column; ERA5 +inf / NaN.
+    assert {(version, esa) for version, esa, _ in seen} == {('v001', 255), ('v1.0', 0)}
+    assert {version for version, _, era5 in seen if era5} == {'v001', 'v1.0'}

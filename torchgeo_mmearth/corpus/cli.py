@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._errors import report_error
 from .._interrupt import command_line, report_interrupted
 from .bigearthnet import bigearthnet_source
 from .builder import AUXILIARY_MODALITIES, BuildInterrupted, CorpusBuilder
@@ -277,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after ``build-corpus`` (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 1 when the build fails (the error is
-        printed), 130 when interrupted (Ctrl-C): the tiles built are kept and the
+        The exit status: 0 on success, 2 when the build fails (one ``error:``
+        line), 130 when interrupted (Ctrl-C): the tiles built are kept and the
         printed command resumes the build.
     """
     parser = build_parser()
@@ -357,8 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (OSError, ValueError, TypeError) as error:
-        print(f'{parser.prog}: error: {error}', file=sys.stderr)
-        return 1
+        return report_error(error)
     except BuildInterrupted as interrupted:
         return report_interrupted(str(interrupted), 'To resume', resume)
     except KeyboardInterrupt:

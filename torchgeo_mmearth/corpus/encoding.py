@@ -6,7 +6,8 @@ order of :data:`torchgeo_mmearth.modalities.MODALITIES`, and no-data written the
 :class:`~torchgeo_mmearth.datasets.MMEarth` (and the published writer) leaves it:
 Sentinel-2 0, Sentinel-1 ``-inf``, ASTER -32768, canopy height 127, Dynamic World and
 ESA WorldCover 0, QA60 and MSK_CLDPRB 65535, SCL 255, ERA5 NaN, and an all-zero
-vector for biome and ecoregion.
+vector for biome and ecoregion: the placeholders of the v1.0 release of the data
+(:data:`DATA_VERSION`), which the writer records in every corpus.
 """
 
 import math
@@ -15,9 +16,10 @@ from datetime import datetime
 
 import numpy as np
 
-from ..modalities import MODALITIES, Kind, Level
+from ..modalities import MODALITIES, VERSION_NODATA, Kind, Level
 
 __all__ = [
+    'DATA_VERSION',
     'NODATA',
     'encode_aster',
     'encode_classes',
@@ -32,6 +34,10 @@ __all__ = [
     'valid_mask',
 ]
 
+#: The release of the MMEarth data whose no-data placeholders the builder writes
+#: (:data:`~torchgeo_mmearth.modalities.VERSION_NODATA`).
+DATA_VERSION = 'v1.0'
+
 #: Stored no-data value of every modality (None: image-level one-hot classes, whose
 #: no-data is a vector of zeros).
 NODATA: Mapping[str, float | None] = {
@@ -41,7 +47,7 @@ NODATA: Mapping[str, float | None] = {
     'sentinel2_scl': 255,
     'sentinel1': float('-inf'),
     'aster': -32768,
-    'era5': float('nan'),
+    'era5': VERSION_NODATA[DATA_VERSION]['era5'],
     'dynamic_world': 0,
     'canopy_height_eth': 127,
     'lat': float('nan'),
@@ -49,7 +55,7 @@ NODATA: Mapping[str, float | None] = {
     'biome': None,
     'eco_region': None,
     'month': float('nan'),
-    'esa_worldcover': 0,
+    'esa_worldcover': VERSION_NODATA[DATA_VERSION]['esa_worldcover'],
 }
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ import h5py
 import numpy as np
 
 from .._atomic import atomic_path
+from .._errors import USER_ERRORS, check_new_output, report_error
 from .._interrupt import command_line, report_interrupted
 from ..modalities import MODALITIES
 
@@ -51,6 +53,11 @@ DEFAULT_COMPRESSION: str | None = None
 DEFAULT_CHUNK_BYTES = '64MB'
 # In-progress record of a conversion, inside the temporary folder.
 _PROGRESS = '.progress.json'
+# Why a worker could not read the corpus, inside the temporary folder: litdata
+# passes on only the text of a worker's traceback.
+_FAILURE = '.failure.txt'
+# What the command reports in one line: a user's mistakes, and litdata missing.
+_COMMAND_ERRORS: tuple[type[Exception], ...] = (ImportError, *USER_ERRORS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,17 +127,30 @@ class _StoredTiles:
         subset: str,
         split: str,
         layout: Mapping[str, Mapping[str, Any]],
+        version: str | None,
+        failure: str,
     ) -> None:
-        self.arguments = (root, subset, split, dict(layout))
+        self.arguments = (root, subset, split, dict(layout), version)
+        self.failure = failure
         self._dataset: MMEarth | None = None
 
     def __call__(self, index: int) -> dict[str, Any]:
-        root, subset, split, layout = self.arguments
-        if self._dataset is None:
-            from ..datasets import MMEarth
+        root, subset, split, layout, version = self.arguments
+        try:
+            if self._dataset is None:
+                from ..datasets import MMEarth
 
-            self._dataset = MMEarth(root, subset, split, modalities=list(layout))
-        tile = self._dataset.stored_tile(index)
+                self._dataset = MMEarth(
+                    root, subset, split, modalities=list(layout), version=version
+                )
+            tile = self._dataset.stored_tile(index)
+        except OSError as error:  # the reader's: the file, dataset and row
+            Path(self.failure).write_text(str(error))
+            # litdata stops a failed worker but not the helper processes it
+            # started, which would wait for work forever.
+            for helper in multiprocessing.active_children():
+                helper.terminate()
+            raise
         for name, stored in layout.items():
             tile[name] = np.asarray(tile[name], dtype=stored['dtype']).tobytes()
         tile['row'] = np.array([tile['row']], dtype=np.int64)
@@ -166,6 +186,7 @@ def shard_corpus(
     overwrite: bool = False,
     start_method: str | None = None,
     progress: bool = True,
+    version: str | None = None,
 ) -> ShardReport:
     """Write every modality of every split of an MMEarth corpus as litdata shards.
 
@@ -174,7 +195,10 @@ def shard_corpus(
     those of the corpus's splits file, read as
     :class:`~torchgeo_mmearth.datasets.MMEarth` reads them, and each tile keeps its
     tile id and Sentinel-2 processing level (from ``_tile_info.json`` for merged
-    corpora whose HDF5 lacks it).
+    corpora whose HDF5 lacks it). The manifest records the release of the data
+    (``data_version``: ``MMEarth.version``), which
+    :class:`~torchgeo_mmearth.datasets.StreamingMMEarth` exposes as its
+    ``version``.
 
     The shards are written into ``<output_dir>.partial`` and renamed to
     *output_dir* when every split is complete. An interrupted run leaves the
@@ -196,6 +220,9 @@ def shard_corpus(
             where the platform can (the workers start in a fraction of the time
             of spawn, and the reader closes its HDF5 handles before a fork).
         progress: show litdata's progress bar.
+        version: the release of the data (``'v001'`` or ``'v1.0'``), as for
+            :class:`MMEarth`: chooses the folder when *root* holds both releases of
+            a published subset; None detects it.
 
     Returns:
         The sizes, tiles and time of the conversion.
@@ -204,6 +231,8 @@ def shard_corpus(
         FileExistsError: if *output_dir* exists and *overwrite* is False.
         ValueError: for an unknown subset or split, or a temporary folder left by
             an interrupted conversion with other arguments.
+        OSError: if the corpus cannot be read (naming the file, dataset and row,
+            and the temporary folder kept for resuming).
     """
     # First: it turns off litdata's version check (a call to PyPI) before import.
     from ..datasets.streaming import MANIFEST, SHARD_FORMAT  # noqa: I001
@@ -219,7 +248,7 @@ def shard_corpus(
             f'{output} exists; pass overwrite=True (--overwrite) to replace it'
         )
     # Any split reads the corpus files: take the layout from the first one.
-    probe = MMEarth(root, subset, MMEarth.splits[0], modalities=[])
+    probe = MMEarth(root, subset, MMEarth.splits[0], modalities=[], version=version)
     with open(probe.splits_path) as f:
         split_names = list(json.load(f))
     if splits is None:
@@ -229,15 +258,7 @@ def shard_corpus(
             raise ValueError(
                 f'{probe.splits_path} has no split {split!r}; it has {split_names}'
             )
-    with h5py.File(probe.h5_path, 'r') as file:
-        stored = {
-            name: {
-                'dtype': file[name].dtype.newbyteorder('=').str,
-                'shape': list(file[name].shape[1:]),
-            }
-            for name in MODALITIES
-            if name in file
-        }
+    stored = _layout(probe.h5_path)
     modalities = list(stored)
     arguments = {
         'source': str(probe.h5_path.resolve()),
@@ -263,9 +284,10 @@ def shard_corpus(
     partial.mkdir(parents=True, exist_ok=True)
     resumed = tuple(done)
 
+    failure = partial / _FAILURE
     tiles: dict[str, int] = {}
     for split in splits:
-        dataset = MMEarth(root, subset, split, modalities=modalities)
+        dataset = MMEarth(root, subset, split, modalities=modalities, version=version)
         tiles[split] = len(dataset)
         if split in done or len(dataset) == 0:
             continue
@@ -275,10 +297,13 @@ def shard_corpus(
         # its forked workers too; its progress bar is on stderr. They are shown
         # only when the conversion fails.
         chatter = io.StringIO()
+        failure.unlink(missing_ok=True)
         try:
             with contextlib.redirect_stdout(chatter):
                 optimize(
-                    fn=_StoredTiles(str(root), subset, split, stored),
+                    fn=_StoredTiles(
+                        str(root), subset, split, stored, version, str(failure)
+                    ),
                     inputs=list(range(len(dataset))),
                     output_dir=str(partial / split),
                     chunk_bytes=chunk_bytes,
@@ -297,7 +322,13 @@ def shard_corpus(
                     f'{len(dataset)} tiles of split {split!r} (a worker failed; see '
                     'its error above)'
                 )
-        except Exception:
+        except Exception as error:
+            if failure.is_file():
+                raise OSError(
+                    f'{failure.read_text()}. What was converted is kept in '
+                    f'{partial}: run the same conversion again to resume once the '
+                    'file is replaced, or delete that folder'
+                ) from error
             sys.stderr.write(chatter.getvalue())
             raise
         done.append(split)
@@ -309,6 +340,7 @@ def shard_corpus(
         'version': SHARD_FORMAT[1],
         'subset': subset,
         'folder': probe.directory.name,
+        'data_version': probe.version,
         'tile_size': _tile_size(probe.h5_path, stored),
         'modalities': stored,
         'splits': tiles,
@@ -333,6 +365,38 @@ def shard_corpus(
         compression=compression,
         resumed_splits=resumed,
     )
+
+
+def _layout(h5_path: Path) -> dict[str, dict[str, Any]]:
+    """Stored dtype and shape of each modality of a corpus HDF5 file.
+
+    Args:
+        h5_path: the corpus HDF5 file.
+
+    Returns:
+        ``{'dtype': ..., 'shape': [...]}`` per modality, in registry order.
+
+    Raises:
+        OSError: naming the file and dataset, if it cannot be read.
+    """
+    name = None
+    try:
+        with h5py.File(h5_path, 'r') as file:
+            stored = {}
+            for name in MODALITIES:
+                if name in file:
+                    dataset = file[name]
+                    stored[name] = {
+                        'dtype': dataset.dtype.newbyteorder('=').str,
+                        'shape': list(dataset.shape[1:]),
+                    }
+    except (OSError, KeyError) as error:
+        where = f'dataset {name!r} of ' if name is not None else ''
+        raise OSError(
+            f'cannot read {where}{h5_path} ({error}); the file may be corrupt or '
+            'truncated'
+        ) from error
+    return stored
 
 
 def _tile_size(h5_path: Path, stored: dict[str, dict[str, Any]]) -> int | None:
@@ -364,8 +428,6 @@ def _items_written(split_dir: Path) -> int:
 
 
 def _default_start_method() -> str:
-    import multiprocessing
-
     return 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
 
 
@@ -411,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--overwrite', action='store_true', help='replace an existing shard folder'
     )
+    parser.add_argument(
+        '--data-version',
+        default=None,
+        help="release of the data, 'v001' or 'v1.0' (default: detected from the "
+        'file, then the folder name); chooses the folder when the root holds both',
+    )
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -422,13 +490,15 @@ def main(argv: Sequence[str]) -> int:
         argv: the arguments after ``shard``.
 
     Returns:
-        The exit status: 0, 2 for a refused or wrong conversion, 130 when
+        The exit status: 0, 2 for a refused or wrong conversion (one ``error:``
+        line naming the file, and what was kept of the conversion), 130 when
         interrupted (the finished splits are kept for the next run).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     compression = None if args.compression in (None, 'none') else args.compression
     try:
+        check_new_output(args.out, args.overwrite)
         report = shard_corpus(
             args.root,
             args.subset,
@@ -439,6 +509,7 @@ def main(argv: Sequence[str]) -> int:
             num_workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            version=args.data_version,
         )
     except KeyboardInterrupt:
         return report_interrupted(
@@ -446,8 +517,7 @@ def main(argv: Sequence[str]) -> int:
             'To resume',
             command_line('shard', argv),
         )
-    except (FileExistsError, FileNotFoundError, ImportError, ValueError) as error:
-        print(f'torchgeo-mmearth shard: error: {error}', file=sys.stderr)
-        return 2
+    except _COMMAND_ERRORS as error:
+        return report_error(error)
     print(report.summary())
     return 0

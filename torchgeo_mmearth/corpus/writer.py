@@ -6,7 +6,9 @@ published MMEarth corpora:
 * ``data_<name>.h5``: one dataset per modality (the dtypes and band order of
   :data:`~torchgeo_mmearth.modalities.MODALITIES`), and ``metadata`` with the
   compound dtype ``[('tile_id', 'S100'), ('S2_type', 'S10')]``; every dataset gzip
-  compressed with one chunk per tile;
+  compressed with one chunk per tile; the root attribute ``version`` records the
+  release of the data whose no-data placeholders the tiles hold
+  (:data:`~torchgeo_mmearth.corpus.encoding.DATA_VERSION`, ``'v1.0'``);
 * ``data_<name>_band_stats.json``: per-band mean/std/min/max over *valid* values
   only, Sentinel-2 L1C and L2A apart;
 * ``data_<name>_splits.json``: train/val/test row indices;
@@ -41,8 +43,8 @@ import h5py
 import numpy as np
 
 from .._atomic import atomic_path
-from ..modalities import MODALITIES, S2_TYPES, Kind, Level
-from .encoding import valid_mask
+from ..modalities import MODALITIES, S2_TYPES, VERSION_ATTRIBUTE, Kind, Level
+from .encoding import DATA_VERSION, valid_mask
 
 __all__ = [
     'METADATA_DTYPE',
@@ -559,6 +561,7 @@ class CorpusWriter:
     ) -> None:
         """Copy the compressed chunks of every segment into one file, in order."""
         with h5py.File(path, 'w') as out:
+            out.attrs[VERSION_ATTRIBUTE] = DATA_VERSION
             targets = {}
             for name, modality in MODALITIES.items():
                 if modality.level is Level.PIXEL:

@@ -93,6 +93,7 @@ class _OnDeviceMMEarthDataModule(NonGeoDataModule):
         tile_size: int | None,
         band_stats: Mapping[str, Any],
         modality_bands: Mapping[str, Sequence[str]],
+        version: str | None,
         source: object,
     ) -> None:
         """Build the normalisation and crops from the first dataset's corpus.
@@ -101,6 +102,7 @@ class _OnDeviceMMEarthDataModule(NonGeoDataModule):
             tile_size: side of the stored tiles (None without pixel-level data).
             band_stats: the corpus band statistics.
             modality_bands: bands per modality of the samples.
+            version: the release of the data (None: unknown).
             source: the corpus, named in errors.
 
         Raises:
@@ -114,7 +116,7 @@ class _OnDeviceMMEarthDataModule(NonGeoDataModule):
                 f'input_size {size} exceeds the {tile_size} px tiles of {source}'
             )
         # The normalisation runs here, on the device, after the raw batch moved.
-        self.normalizer = MMEarthNormalize(band_stats, modality_bands)
+        self.normalizer = MMEarthNormalize(band_stats, modality_bands, version=version)
         train: list[K.GeometricAugmentationBase2D] = []
         evaluation: list[K.GeometricAugmentationBase2D] = []
         if size is not None and size != tile_size:
@@ -201,7 +203,8 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
             **kwargs: additional keyword arguments passed to
                 :class:`~torchgeo_mmearth.datasets.MMEarth` (e.g. ``transforms``,
                 applied to the raw samples in the workers, before the
-                normalisation on the device).
+                normalisation on the device, or ``version``, the release of the
+                data, whose no-data placeholders the normalisation flags).
 
         Raises:
             ValueError: if *input_size* is not positive.
@@ -233,6 +236,7 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
                 dataset.tile_size,
                 dataset.band_stats,
                 dataset.modality_bands,
+                dataset.version,
                 dataset.h5_path,
             )
         return dataset

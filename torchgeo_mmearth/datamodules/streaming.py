@@ -138,6 +138,7 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
                 dataset.tile_size,
                 dataset.band_stats,
                 dataset.modality_bands,
+                dataset.version,
                 self.kwargs['input_dir'],
             )
         return dataset

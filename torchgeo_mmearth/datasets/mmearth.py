@@ -21,13 +21,18 @@ from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 
 from .._panels import draw_panel, has_data, shown_bands
 from ..modalities import (
+    DATA_VERSIONS,
     IGNORE_INDEX,
     MODALITIES,
     S2_TYPES,
+    VERSION_ATTRIBUTE,
     Kind,
     Level,
     band_statistics,
+    check_data_version,
+    data_version,
     resolve_modality_bands,
+    split_data_version,
 )
 from ..transforms import MMEarthNormalize
 from .utils import percentile_stretch
@@ -152,6 +157,19 @@ class MMEarth(NonGeoDataset):
     and ``_tile_info.json`` files, as published. The tile size is read from the file
     (:attr:`tile_size`).
 
+    Two releases of the data exist (:data:`~torchgeo_mmearth.modalities.DATA_VERSIONS`):
+    v001, the published folders above, and v1.0, which stores the no-data of ESA
+    WorldCover as 0 instead of 255 and of ERA5 as NaN instead of ``+inf``. Both read
+    correctly. The three published subsets are found in the folder of either
+    release: the v001 name, or the same name with the release spelled ``v1.0``,
+    ``v1_0``, ``v1-0`` or ``v100`` (``data_1M_v1.0_64``, ...); with folders of both
+    releases under *root*, *version* chooses. :attr:`version` is the release of the
+    file: *version* when given, else the file's ``version`` root attribute (which the
+    corpus builder writes), else the release the folder name states (``v001`` or a
+    v1.0 spelling), else None (unknown). Pass it to
+    :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`, which flags that
+    release's no-data placeholders (every release's for None).
+
     Samples follow TorchGeo/Kornia key conventions: ``image_<modality>`` for
     continuous rasters (``(C, H, W)``), ``mask_<modality>`` for class maps
     (``(1, H, W)``) and plain keys for image-level vectors (``era5``, ``lat``,
@@ -173,7 +191,9 @@ class MMEarth(NonGeoDataset):
     indices. Apply it to a sample, or to a batch on the device::
 
         dataset = MMEarth(root, 'MMEarth64')
-        normalize = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
+        normalize = MMEarthNormalize(
+            dataset.band_stats, dataset.modality_bands, version=dataset.version
+        )
         sample = normalize(dataset[0])
 
     or pass it as *transforms*
@@ -207,6 +227,7 @@ class MMEarth(NonGeoDataset):
         modalities: Sequence[str] | None = None,
         modality_bands: Mapping[str, Sequence[str]] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        version: str | None = None,
     ) -> None:
         """Initialize a new MMEarth instance.
 
@@ -223,15 +244,21 @@ class MMEarth(NonGeoDataset):
             transforms: a function/transform that takes a raw sample and returns a
                 transformed version, e.g.
                 :class:`~torchgeo_mmearth.transforms.MMEarthNormalize`.
+            version: the release of the data, ``'v001'`` or ``'v1.0'``: chooses the
+                folder of a published subset when *root* holds both, and overrides
+                the release the file records or its name states; None detects it.
 
         Raises:
             DatasetNotFoundError: if the subset folder, its HDF5 file, band statistics
                 or splits file is missing.
-            ValueError: for an unknown subset, split, modality or band, a split
-                missing from the splits file, or band statistics that do not match
-                the HDF5 file.
+            ValueError: for an unknown subset, split, modality, band or release, a
+                split missing from the splits file, band statistics that do not
+                match the HDF5 file, a file that records an unknown release, or
+                several folders of a published subset that *version* does not tell
+                apart.
             OSError: if the HDF5 file is corrupt or truncated.
         """
+        explicit = None if version is None else check_data_version(version)
         folder = self.subsets.get(subset)
         if folder is None:
             if not _CORPUS_FOLDER.fullmatch(subset):
@@ -246,6 +273,8 @@ class MMEarth(NonGeoDataset):
         if subset == 'MMEarthDemo' and not (Path(root) / folder).is_dir():
             # The demo corpus ships inside the package: usable with any root.
             root = DEMO_ROOT
+        elif subset in self.subsets:
+            folder = _release_folder(Path(root), subset, folder, explicit)
         self.root = root
         self.subset = subset
         self.split = split
@@ -265,7 +294,13 @@ class MMEarth(NonGeoDataset):
         self._h5_pid = -1
         self._readers: dict[str, _TileReader] = {}
         self._s2_type_by_row: np.ndarray | None = None
-        self._inspect_file()
+        recorded = self._inspect_file()
+        #: The release of the data (see the class description); None if unknown.
+        self.version: str | None = (
+            explicit
+            or self._recorded_version(recorded)
+            or split_data_version(self.directory.name)[1]
+        )
         self.indices = self._load_split()
         self.band_stats = self._load_json(self.stats_path)
         try:
@@ -358,7 +393,9 @@ class MMEarth(NonGeoDataset):
     @functools.cached_property
     def _display_normalizer(self) -> MMEarthNormalize:
         """The normalisation :meth:`plot` applies to raw samples, built on first use."""
-        return MMEarthNormalize(self.band_stats, self.modality_bands)
+        return MMEarthNormalize(
+            self.band_stats, self.modality_bands, version=self.version
+        )
 
     def close(self) -> None:
         """Close this process's HDF5 handle; the next read reopens it."""
@@ -438,9 +475,14 @@ class MMEarth(NonGeoDataset):
             return tile_id, int(self._s2_type_by_row[row])
         return tile_id, _s2_type_index(bytes(record[()][1]), self.h5_path, row)
 
-    def _inspect_file(self) -> None:
-        """Check that the HDF5 file holds the selected modalities as published."""
+    def _inspect_file(self) -> object:
+        """Check that the HDF5 file holds the selected modalities as published.
+
+        Returns:
+            The value of the file's ``version`` root attribute, None without one.
+        """
         with self._open() as file:
+            recorded = file.attrs.get(VERSION_ATTRIBUTE)
             if 'metadata' not in file:
                 raise ValueError(f'{self.h5_path} has no "metadata" dataset')
             self.num_tiles = len(file['metadata'])
@@ -484,6 +526,21 @@ class MMEarth(NonGeoDataset):
                 tile_ids = file['metadata'][...][fields[0]] if fields else None
                 self._s2_type_by_row = self._s2_types_from_tile_info(tile_ids)
         self.tile_size = tile_sizes.pop()[0] if tile_sizes else None
+        return recorded
+
+    def _recorded_version(self, value: object) -> str | None:
+        """The release a ``version`` root attribute names (None: no attribute)."""
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else value
+        release = data_version(str(text))
+        if release is None:
+            raise ValueError(
+                f'{self.h5_path}: the root attribute {VERSION_ATTRIBUTE!r} is '
+                f'{value!r}, which is not an MMEarth data release '
+                f'({list(DATA_VERSIONS)}); pass version= to read the file as one'
+            )
+        return release
 
     def _s2_types_from_tile_info(self, tile_ids: np.ndarray | None) -> np.ndarray:
         if tile_ids is None:
@@ -551,8 +608,9 @@ class MMEarth(NonGeoDataset):
         """Plot a sample: Sentinel-2 RGB and one panel per other pixel modality.
 
         Sentinel-1 gets one panel per pass the tile has (ascending, descending),
-        other continuous modalities their first band with data. A modality the tile
-        lacks (no finite value, or only the ignore index) is a grey "no data" panel.
+        other continuous modalities their first band with data. The modalities the
+        tile lacks (no finite value, or only the ignore index) are listed in one
+        last grey "no data" panel.
 
         Raw samples are normalised for display with
         :class:`~torchgeo_mmearth.transforms.MMEarthNormalize` (no-data to NaN or the
@@ -576,6 +634,7 @@ class MMEarth(NonGeoDataset):
         if self._is_raw(sample):
             sample = self._display_normalizer(sample)
         panels: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
+        absent: list[str] = []
         for name, bands in self.modality_bands.items():
             modality = MODALITIES[name]
             if modality.level is not Level.PIXEL or modality.key not in sample:
@@ -584,14 +643,13 @@ class MMEarth(NonGeoDataset):
             title = name.replace('_', ' ')
             if name == 'sentinel2' and {'B2', 'B3', 'B4'} <= set(bands):
                 rgb = data[[bands.index(b) for b in ('B4', 'B3', 'B2')]]
-                image = (
-                    percentile_stretch(rgb.transpose(1, 2, 0))
-                    if has_data(rgb, modality.kind)
-                    else None
-                )
-                panels.append(('sentinel2 RGB', image, {}))
+                if has_data(rgb, modality.kind):
+                    stretched = percentile_stretch(rgb.transpose(1, 2, 0))
+                    panels.append(('sentinel2 RGB', stretched, {}))
+                else:
+                    absent.append(title)
             elif not has_data(data, modality.kind):
-                panels.append((title, None, {}))
+                absent.append(title)
             elif modality.kind is Kind.CATEGORICAL:
                 colors = _CLASS_COLORS.get(name)
                 cmap = ListedColormap(colors) if colors else plt.get_cmap('tab20')
@@ -611,6 +669,8 @@ class MMEarth(NonGeoDataset):
                         )
                     )
 
+        if absent:
+            panels.append(('no data in this tile:\n' + ', '.join(absent), None, {}))
         columns = max(len(panels), 1)
         fig, axes = plt.subplots(1, columns, figsize=(3 * columns, 3.4), squeeze=False)
         for ax, (title, image, options) in zip(axes[0], panels, strict=False):
@@ -675,6 +735,44 @@ def _one_hot_index(vector: np.ndarray) -> int:
         if vector[hot] == 1:
             return hot
     return IGNORE_INDEX
+
+
+def _release_folder(root: Path, subset: str, folder: str, version: str | None) -> str:
+    """The folder under *root* of a published subset, of either release.
+
+    Args:
+        root: the dataset root.
+        subset: the subset name, for errors.
+        folder: the subset's v001 folder name.
+        version: the release asked for, or None.
+
+    Returns:
+        The folder of the release asked for; else the one folder of the subset under
+        *root*, of any release; else *folder* (which the file check then reports
+        missing).
+
+    Raises:
+        ValueError: if *root* holds several folders of the subset and *version*
+            does not choose one.
+    """
+    template, _ = split_data_version(folder)
+    found: list[tuple[str, str | None]] = []
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            name_template, release = split_data_version(path.name)
+            if release and name_template == template and path.is_dir():
+                found.append((path.name, release))
+    chosen = [name for name, release in found if release == version]
+    if len(chosen) == 1:
+        return chosen[0]
+    if not chosen and len(found) <= 1:
+        return found[0][0] if found else folder
+    raise ValueError(
+        f'{root} holds {subset} in several folders: '
+        + ', '.join(f'{name} ({release})' for name, release in found)
+        + f'; pass version= (one of {list(DATA_VERSIONS)}) to choose, and keep one '
+        'folder per release'
+    )
 
 
 def _s2_type_index(value: bytes, path: Path, row: int) -> int:

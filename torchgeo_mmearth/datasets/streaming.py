@@ -3,8 +3,9 @@
 A shard folder, written once by :func:`torchgeo_mmearth.corpus.shard_corpus`
 (``torchgeo-mmearth shard``), holds one litdata dataset per split and a manifest::
 
-    <shards>/mmearth_shards.json      corpus name, tile size, stored layout, band
-                                      statistics, tiles per split, compression
+    <shards>/mmearth_shards.json      corpus name, release of the data, tile size,
+                                      stored layout, band statistics, tiles per
+                                      split, compression
     <shards>/train/index.json, *.bin  litdata chunks of the 'train' split
     <shards>/val/...  <shards>/test/...
 
@@ -126,7 +127,9 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
     device::
 
         dataset = StreamingMMEarth('shards')
-        normalize = MMEarthNormalize(dataset.band_stats, dataset.modality_bands)
+        normalize = MMEarthNormalize(
+            dataset.band_stats, dataset.modality_bands, version=dataset.version
+        )
         sample = normalize(dataset[0])
 
     or use :class:`~torchgeo_mmearth.datamodules.MMEarthStreamingDataModule`,
@@ -230,6 +233,9 @@ class StreamingMMEarth(StreamingDataset):  # type: ignore[misc]
         self.subset: str = manifest['subset']
         self.tile_size: int | None = manifest['tile_size']
         self.band_stats: dict[str, Any] = manifest['band_stats']
+        #: The release of the data, as the HDF5 reader detected it when the shards
+        #: were written (None: unknown, or shards written before it was recorded).
+        self.version: str | None = manifest.get('data_version')
         self.manifest = manifest
         self.transforms = transforms
         self._plan = _sample_plan(self.modality_bands)

@@ -25,6 +25,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 from lightning.pytorch import LightningDataModule
 
+from .._errors import USER_ERRORS, report_error
 from .._interrupt import command_line, report_interrupted
 from .features import ExtractedFeatures, extract_features, load_backbone
 from .label_efficiency import (
@@ -267,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parser.parse_args(arguments)
     try:
         return _probe(parser, cfg)
+    except USER_ERRORS as error:
+        return report_error(error)
     except KeyboardInterrupt:
         cache: Path | None = cfg.cache
         if cache is not None and cache.exists():

@@ -2,11 +2,13 @@
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._errors import USER_ERRORS, CommandLineError, check_new_output, report_error
 from .._interrupt import command_line, report_interrupted
 
 __all__ = ['build_parser', 'main']
@@ -14,9 +16,13 @@ __all__ = ['build_parser', 'main']
 _EPILOG = """\
 Inputs are Sentinel-2 GeoTIFFs or VRTs, or folders of them: single-band files
 named ..._B02.tif are grouped into scenes; multi-band files name their bands in
-their band descriptions or by --bands. The date is the first YYYYMMDD[THHMMSS] of
-a file name, the processing level an L1C or L2A in it (or --level). With
---dataset, the inputs are the paths of a TorchGeo RasterDataset class instead.
+their band descriptions or by --bands. The processing level is an L1C or L2A in
+a file name (or --level). The date of a scene is --date, else the first
+YYYYMMDD[THHMMSS] or YYYY-MM-DD in its file name, else a date tag of its files
+(SENSING_TIME, DATATAKE_1_DATATAKE_SENSING_START or PRODUCT_START_TIME as GDAL
+reads Sentinel-2 products, else TIFFTAG_DATETIME). With --dataset, the inputs
+are the paths of a TorchGeo RasterDataset class instead, dated by its
+filename_regex.
 
 examples:
   torchgeo-mmearth embed S2A_MSIL2A_20170613T101031_87_48/ \\
@@ -62,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         '--bands', nargs='+', help='band names of multi-band files, in file order'
     )
+    data.add_argument(
+        '--fill',
+        nargs='+',
+        metavar='BAND=SUBSTITUTE',
+        help='substitutes for bands of the weights the inputs lack, e.g. B1=B2 '
+        "B9=B8A (as MMEarth's GEO-Bench So2Sat runs did)",
+    )
     data.add_argument('--level', choices=('l1c', 'l2a'), help='processing level')
+    data.add_argument(
+        '--date',
+        metavar='YYYY-MM-DD',
+        help='acquisition date of all inputs (default: from the file names or tags)',
+    )
     data.add_argument(
         '--bounds',
         nargs=4,
@@ -99,6 +117,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Advice worded for the Python API in the errors that embed raises (a regular
+#: expression), and the same advice in the command line's terms.
+_COMMAND_LINE_TERMS = (
+    (r'^date: ', '--date: '),
+    (r'^time_range: ', '--start/--end: '),
+    (r"pass date='YYYY-MM-DD'", 'add --date YYYY-MM-DD'),
+    (r'pass bands=\[\.\.\.\]', 'add --bands'),
+    (r"pass level='l1c' or 'l2a'", 'add --level l1c or --level l2a'),
+    (
+        r'Pass fill= .*',
+        (
+            'Add --fill BAND=SUBSTITUTE to substitute a neighbouring band (--fill '
+            "B1=B2 B9=B8A is what MMEarth's GEO-Bench So2Sat runs did), or give "
+            '--weights pretrained on the bands you have (MMEarthWeights.RGB_MAE '
+            'for B2, B3, B4)'
+        ),
+    ),
+)
+
+
+def _in_command_line_terms(error: Exception) -> Exception:
+    """*error*, or if it advises Python arguments, the same advice as flags."""
+    message = str(error)
+    for python, flags in _COMMAND_LINE_TERMS:
+        message = re.sub(python, flags, message, flags=re.DOTALL)
+    if message == str(error):
+        return error
+    reworded = CommandLineError(message)
+    reworded.__cause__ = error
+    return reworded
+
+
+def _fill(values: Sequence[str] | None) -> dict[str, str] | None:
+    """``--fill B1=B2 B9=B8A`` as ``{'B1': 'B2', 'B9': 'B8A'}``."""
+    if values is None:
+        return None
+    pairs = [value.split('=') for value in values]
+    bad = [value for value, pair in zip(values, pairs, strict=True) if len(pair) != 2]
+    if bad:
+        raise CommandLineError(
+            f'--fill takes BAND=SUBSTITUTE pairs such as B1=B2, got {" ".join(bad)}'
+        )
+    return dict(pairs)
+
+
 def _dataset(class_path: str, paths: Sequence[str], bands: Any) -> Any:
     module, _, name = class_path.rpartition('.')
     try:
@@ -120,20 +183,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: command-line arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status.
+        The exit status: 0, 2 for a mistake (one ``error:`` line on stderr), 130
+        when interrupted (the finished batches are kept).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.raster is None and args.parquet is None:
-        print('error: give --raster, --parquet or both', file=sys.stderr)
-        return 2
-    # Heavy imports (torch, rasterio, timm) only once the arguments are valid.
+    # Heavy imports (torch, rasterio, timm) only once the arguments are parsed.
     from .embedding import embed
 
     inputs: Any = args.inputs
     bands = args.bands
     time_range = (args.start, args.end) if args.start or args.end else None
     try:
+        if args.raster is None and args.parquet is None:
+            raise CommandLineError('give --raster, --parquet or both')
+        for output in (args.raster, args.parquet):
+            if output is not None:
+                check_new_output(output, args.overwrite)
+        fill = _fill(args.fill)
         if args.dataset:
             inputs, bands = _dataset(args.dataset, args.inputs, args.bands), None
         result = embed(
@@ -142,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.raster,
             args.parquet,
             bands=bands,
+            fill=fill,
             level=args.level,
+            date=args.date,
             bounds=args.bounds,
             bounds_crs=args.bounds_crs,
             time_range=time_range,
@@ -162,9 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_interrupted(
             'the finished batches are kept', 'To continue', command_line('embed', argv)
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return report_error(_in_command_line_terms(error))
     written = [str(p) for p in (result.raster, result.parquet) if p is not None]
     print(
         f'{result.chips} chips ({result.empty_chips} without data) of '

@@ -19,9 +19,9 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,14 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from .. import __version__
 from .._atomic import atomic_path
-from ..corpus import Acquisition, ModalitySource, TileGrid, as_source
+from ..corpus import (
+    Acquisition,
+    GeoTiffSource,
+    ModalitySource,
+    Scene,
+    TileGrid,
+    as_source,
+)
 from ..corpus.sources import read_mosaic
 from ..modalities import S2_TYPES
 from ..transforms import BandRemap, MMEarthS2Normalize
@@ -48,19 +55,45 @@ from .encoder import SceneEncoder, load_encoder
 __all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']
 
 # GeoTIFF, BigTIFF and VRT inputs; a trailing _B02 names the band of a
-# single-band file, a YYYYMMDD[THHMMSS] run of digits the date (as the corpus
-# builder's default, with VRTs accepted).
-_FILENAME_REGEX = (
-    r'^(?:.*?(?P<date>\d{8}(?:T\d{6})?))?.*?'
-    r'(?:[_-](?P<band>(?i:B0?\d{1,2}A?|QA60|SCL|MSK_CLDPRB)))?\.(?i:tiff?|vrt)$'
+# single-band file.
+_BAND = r'(?:[_-](?P<band>(?i:B0?\d{1,2}A?|QA60|SCL|MSK_CLDPRB)))?\.(?i:tiff?|vrt)$'
+# The date is the first YYYYMMDD[THHMMSS] run of digits (as the corpus builder's
+# default) or YYYY-MM-DD in the name.
+_NAME_DATE = r'\d{8}(?:T\d{6})?|\d{4}-\d{2}-\d{2}'
+_FILENAME_REGEX = rf'^(?:.*?(?P<date>{_NAME_DATE}))?.*?{_BAND}'
+# With a date given for all inputs, the names are not read for one.
+_UNDATED_REGEX = rf'^.*?{_BAND}'
+# Tags that date a scene whose file names do not, most specific first: the
+# sensing times of GDAL's SENTINEL2 driver (which gdal_translate keeps in a
+# GeoTIFF or VRT), then TIFF's DateTime ('YYYY:MM:DD HH:MM:SS'), which some
+# writers set to the acquisition time and others to the time of writing.
+_DATE_TAGS = (
+    'SENSING_TIME',
+    'DATATAKE_1_DATATAKE_SENSING_START',
+    'PRODUCT_START_TIME',
+    'TIFFTAG_DATETIME',
 )
+# ISO (2017-06-13T10:10:31.024Z) or TIFF (2017:06:13 10:10:31) date and time.
+_TAG_DATE = re.compile(r'(\d{4})[-:](\d{2})[-:](\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}))?')
 _STATE = 'state.json'
 
 
 def sentinel2_source(
-    inputs: Any, bands: Sequence[str] | None = None, level: str | None = None
+    inputs: Any,
+    bands: Sequence[str] | None = None,
+    level: str | None = None,
+    date: date | str | None = None,
 ) -> ModalitySource:
     """The Sentinel-2 rasters to embed, as a corpus-builder source.
+
+    The acquisition date of a scene of GeoTIFF or VRT files is *date* if given,
+    else the first ``YYYYMMDD[THHMMSS]`` or ``YYYY-MM-DD`` in its file name
+    (``S2A_MSIL2A_20170613T101031_..._B02.tif``, ``scene_2017-06-13.tif``),
+    else read from the tags of its files (for a VRT, its own metadata):
+    ``SENSING_TIME``, ``DATATAKE_1_DATATAKE_SENSING_START`` or
+    ``PRODUCT_START_TIME`` (GDAL's Sentinel-2 metadata), else
+    ``TIFFTAG_DATETIME``. The name comes before the tags: a name is what you see
+    and set, and TIFF's DateTime is often the time the file was written.
 
     Args:
         inputs: GeoTIFF or VRT files, folders of them (single-band files named
@@ -70,17 +103,32 @@ def sentinel2_source(
             from the files' band descriptions.
         level: processing level ('l1c' or 'l2a'); None reads ``L1C``/``L2A``
             from the file names.
+        date: acquisition date of every scene of GeoTIFF or VRT files (a date,
+            a datetime or an ISO string, ``'2017-06-13'``); None dates each
+            scene by its file name or tags (a dataset or source keeps its own
+            dates).
 
     Returns:
         The source; its ``bands`` are the canonical band names it provides.
 
     Raises:
         FileNotFoundError: if no raster is found.
-        ValueError: if the band names or processing level cannot be told.
+        ValueError: if the band names, processing level or date of a scene
+            cannot be told, or *date* is not a date or given with a dataset or
+            source.
     """
+    when = None if date is None else _date(date, 'date')
+    # A TorchGeo RasterDataset (as the corpus builder tells one; a list of paths
+    # has an index method too).
+    dataset = all(hasattr(inputs, name) for name in ('index', 'crs', 'res'))
+    if when is not None and (isinstance(inputs, ModalitySource) or dataset):
+        raise ValueError(
+            'date: only GeoTIFF and VRT inputs take a date; a TorchGeo '
+            'RasterDataset is dated by its filename_regex'
+        )
     if isinstance(inputs, ModalitySource):
         return as_source(inputs, 'sentinel2')
-    if hasattr(inputs, 'index'):  # a TorchGeo RasterDataset
+    if dataset:
         options: dict[str, Any] = {'level': level}
         if bands is not None:
             options['bands'] = bands
@@ -88,23 +136,54 @@ def sentinel2_source(
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if bands is None:
         bands = _described_bands(paths)
-    try:
-        return as_source(
-            [Path(p) for p in paths],
-            'sentinel2',
-            filename_glob='*',
-            filename_regex=_FILENAME_REGEX,
-            bands=bands,
-            level=level,
-        )
-    except ValueError as error:
-        if 'no acquisition date' not in str(error):
-            raise
+
+    class DatedSource(GeoTiffSource):
+        """The files' scenes (found by ``from_paths``), dated as described above."""
+
+        def __init__(self, scenes: Sequence[Scene], *args: Any) -> None:
+            super().__init__([_dated(scene, when) for scene in scenes], *args)
+
+    return DatedSource.from_paths(
+        [Path(p) for p in paths],
+        'sentinel2',
+        filename_glob='*',
+        filename_regex=_FILENAME_REGEX if when is None else _UNDATED_REGEX,
+        bands=bands,
+        level=level,
+    )
+
+
+def _dated(scene: Scene, date: datetime | None) -> Scene:
+    """*scene* with its acquisition date: *date*, its name's or its tags'."""
+    found = date or scene.date or _tagged_date(scene)
+    if found is None:
+        first = min(f.path for f in scene.bands.values())
         raise ValueError(
-            f'{error}; put the date in the file name (YYYYMMDD or '
-            'YYYYMMDDTHHMMSS, e.g. S2_20170613_scene.tif), or pass a TorchGeo '
-            'RasterDataset'
-        ) from error
+            f'{first} has no acquisition date: none in its name (YYYYMMDD or '
+            f'YYYY-MM-DD) nor in its tags ({", ".join(_DATE_TAGS)}); '
+            "pass date='YYYY-MM-DD' (for all inputs) or put the date in the file "
+            'names (e.g. S2_2017-06-13_scene.tif)'
+        )
+    return replace(scene, date=found)
+
+
+def _tagged_date(scene: Scene) -> datetime | None:
+    """The date in the most specific date tag of a scene's files, if any."""
+    tags = []
+    for path in sorted({f.path for f in scene.bands.values()}):
+        with rasterio.open(path) as src:
+            tags.append({key.upper(): value for key, value in src.tags().items()})
+    for key in _DATE_TAGS:
+        for found in tags:
+            match = _TAG_DATE.match(found.get(key, '').strip())
+            if match is None:
+                continue
+            year, month, day, hour, minute, second = map(int, match.groups('0'))
+            try:
+                return datetime(year, month, day, hour, minute, second)
+            except ValueError:  # not a calendar date: try the next tag
+                continue
+    return None
 
 
 def _described_bands(paths: Sequence[str | os.PathLike[str]]) -> list[str] | None:
@@ -194,8 +273,7 @@ def _select(
     acquisitions = list(source.acquisitions)
     if time_range is not None:
         start, stop = (
-            None if t is None else (t if isinstance(t, datetime) else _date(t))
-            for t in time_range
+            None if t is None else _date(t, 'time_range') for t in time_range
         )
         acquisitions = [
             a
@@ -212,13 +290,26 @@ def _select(
     return acquisitions
 
 
-def _date(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(str(text))
-    except ValueError as error:
-        raise ValueError(
-            f'time_range: {text!r} is not an ISO date (YYYY-MM-DD[THH:MM:SS])'
-        ) from error
+def _date(value: date | str, name: str) -> datetime:
+    """*value* (a date, a datetime or an ISO string) as a datetime.
+
+    Raises:
+        ValueError: naming the argument *name*, if *value* is not an ISO date.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError as error:
+            raise ValueError(
+                f'{name}: {value!r} is not an ISO date (YYYY-MM-DD[THH:MM:SS])'
+            ) from error
+    if parsed.tzinfo is not None:  # acquisition dates are naive UTC
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
 
 
 def _snap(value: float, origin: float, step: float, up: bool) -> int:
@@ -438,7 +529,9 @@ def embed(
     parquet: str | os.PathLike[str] | None = None,
     *,
     bands: Sequence[str] | None = None,
+    fill: Mapping[str, str] | None = None,
     level: str | None = None,
+    date: date | str | None = None,
     bounds: Sequence[float] | None = None,
     bounds_crs: Any = None,
     time_range: tuple[Any, Any] | None = None,
@@ -482,7 +575,12 @@ def embed(
         raster: the embedding COG to write, or None.
         parquet: the GeoParquet to write, or None.
         bands: band names of multi-band files (see :func:`sentinel2_source`).
+        fill: substitutes for bands of the weights that the inputs lack,
+            ``{missing band: band to use instead}``, e.g.
+            :data:`~torchgeo_mmearth.transforms.SO2SAT_FILL`.
         level: processing level of the inputs (see :func:`sentinel2_source`).
+        date: acquisition date of all GeoTIFF and VRT inputs; None dates each
+            scene by its file name or tags (see :func:`sentinel2_source`).
         bounds: (left, bottom, right, top) of the area to embed; None for all.
         bounds_crs: CRS of *bounds*; None for the CRS of the rasters.
         time_range: (start, stop) dates (ISO strings or datetimes, either None)
@@ -509,8 +607,9 @@ def embed(
         What was written.
 
     Raises:
-        ValueError: for no output, bad chip geometry, inputs that lack bands of
-            the weights (naming them), or an area or time range without data.
+        ValueError: for no output, bad chip geometry, a bad or undetermined
+            date, inputs that lack bands of the weights (naming them), or an
+            area or time range without data.
         FileExistsError: if an output exists and *overwrite* is False.
     """
     if raster is None and parquet is None:
@@ -523,6 +622,7 @@ def embed(
         raise ValueError(f'min_valid must be in (0, 1], got {min_valid}')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    when = None if date is None else _date(date, 'date')
     device = torch.device(device)
     encoder = (
         weights if isinstance(weights, SceneEncoder) else load_encoder(weights, device)
@@ -535,8 +635,8 @@ def embed(
     size = chip_size or 32 * p
     margin = margin if margin is not None else (size // 8) // p * p
     _check_geometry(size, margin, p)
-    source = sentinel2_source(inputs, bands, level)
-    transforms = encoder.transforms(source.bands).to(device)
+    source = sentinel2_source(inputs, bands, level, when)
+    transforms = encoder.transforms(source.bands, fill).to(device)
     remap, normalize = transforms
     assert isinstance(remap, BandRemap) and isinstance(normalize, MMEarthS2Normalize)
     used = [source.bands.index(b) for b in remap.bands]
@@ -549,7 +649,9 @@ def embed(
     batches = [chips[i : i + batch_size] for i in range(0, len(chips), batch_size)]
     options = {
         'bands': bands,
+        'fill': fill,
         'level': level,
+        'date': when,
         'bounds': bounds,
         'bounds_crs': str(bounds_crs),
         'time_range': time_range,

@@ -49,11 +49,16 @@ class SceneEncoder:
         """Number of channels of the embeddings."""
         return int(getattr(self.model, 'num_features'))  # noqa: B009 (timm attribute)
 
-    def transforms(self, source_bands: tuple[str, ...]) -> nn.Sequential:
+    def transforms(
+        self, source_bands: tuple[str, ...], fill: Mapping[str, str] | None = None
+    ) -> nn.Sequential:
         """Band matching and MMEarth normalisation of raw Sentinel-2 digital numbers.
 
         Args:
             source_bands: the bands of the input rasters, in channel order.
+            fill: substitutes for bands of :attr:`bands` the input lacks,
+                ``{missing band: band to use instead}`` (see
+                :class:`~torchgeo_mmearth.transforms.BandRemap`).
 
         Returns:
             :class:`~torchgeo_mmearth.models.BandRemap` (bands matched by name)
@@ -63,7 +68,7 @@ class SceneEncoder:
         Raises:
             ValueError: naming the bands the input lacks.
         """
-        remap = BandRemap(source_bands, self.bands)
+        remap = BandRemap(source_bands, self.bands, fill)
         return nn.Sequential(remap, MMEarthS2Normalize(remap.bands, level=None))
 
     def forward_features(self, images: Tensor) -> Tensor:

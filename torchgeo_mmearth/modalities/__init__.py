@@ -8,17 +8,24 @@ described here once. This package imports no other part of torchgeo-mmearth.
 from .bands import GEOBENCH_SENTINEL2_NAMES, SENTINEL2_BANDS, canonical_band_name
 from .pretext import PretextTask, check_tasks, default_pretext_tasks
 from .registry import (
+    DATA_VERSIONS,
     IGNORE_INDEX,
     MODALITIES,
     PRETEXT_MODALITIES,
     S2_TYPES,
     SENTINEL2_INPUT_BANDS,
     SENTINEL2_RGB_BANDS,
+    VERSION_ATTRIBUTE,
+    VERSION_NODATA,
     Kind,
     Level,
     Modality,
+    check_data_version,
+    data_version,
+    nodata_values,
     resolve_modality_bands,
     sample_key,
+    split_data_version,
 )
 from .statistics import (
     MMEARTH_S2_BAND_STATS,
@@ -28,6 +35,7 @@ from .statistics import (
 )
 
 __all__ = [
+    'DATA_VERSIONS',
     'GEOBENCH_SENTINEL2_NAMES',
     'IGNORE_INDEX',
     'MMEARTH_S2_BAND_STATS',
@@ -37,6 +45,8 @@ __all__ = [
     'SENTINEL2_BANDS',
     'SENTINEL2_INPUT_BANDS',
     'SENTINEL2_RGB_BANDS',
+    'VERSION_ATTRIBUTE',
+    'VERSION_NODATA',
     'BandStats',
     'Kind',
     'Level',
@@ -44,9 +54,13 @@ __all__ = [
     'PretextTask',
     'band_statistics',
     'canonical_band_name',
+    'check_data_version',
     'check_tasks',
+    'data_version',
     'default_pretext_tasks',
+    'nodata_values',
     'read_band_stats',
     'resolve_modality_bands',
     'sample_key',
+    'split_data_version',
 ]

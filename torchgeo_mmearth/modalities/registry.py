@@ -20,24 +20,38 @@ No-data rules fix the reference implementation (vishalned/MMEarth-train), see
 * ESA WorldCover keeps tree cover (code 10, class 0); codes outside the legend
   (0 or 255) are no-data.
 * Non-finite values (NaN, +-inf) are no-data in every floating-point modality.
+
+Two releases of the data store two placeholders differently (:data:`VERSION_NODATA`):
+the v001 files keep ESA WorldCover no-data as 255 and ERA5 no-data as ``+inf``, the
+v1.0 files as 0 and NaN. Both are no-data by the rules above, so every release reads
+correctly under them; the table names each release's own placeholders as well.
 """
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    'DATA_VERSIONS',
     'IGNORE_INDEX',
     'MODALITIES',
     'PRETEXT_MODALITIES',
     'S2_TYPES',
     'SENTINEL2_INPUT_BANDS',
     'SENTINEL2_RGB_BANDS',
+    'VERSION_ATTRIBUTE',
+    'VERSION_NODATA',
     'Kind',
     'Level',
     'Modality',
+    'check_data_version',
+    'data_version',
+    'nodata_values',
     'resolve_modality_bands',
     'sample_key',
+    'split_data_version',
 ]
 
 #: Target value of a class map or image-level class that carries no label.
@@ -444,3 +458,110 @@ def resolve_modality_bands(
             raise ValueError(f'Bands of {name!r} have duplicates: {list(bands)}')
         resolved[name] = bands
     return resolved
+
+
+#: Releases of the MMEarth data, oldest first: ``'v001'``, the files of the ECCV 2024
+#: paper (``data_1M_v001``, ``data_1M_v001_64``, ``data_100k_v001``), and ``'v1.0'``,
+#: the release the reference loader reads since 2026-01-06 (vishalned/MMEarth-train
+#: 1f368b3).
+DATA_VERSIONS = ('v001', 'v1.0')
+
+#: Root attribute of an MMEarth HDF5 file that records the release of its data
+#: (the corpus builder writes it; the published v001 files have none).
+VERSION_ATTRIBUTE = 'version'
+
+#: The stored no-data placeholders that differ between releases, per release and
+#: modality; every other modality stores no-data alike in every release. Each is
+#: also no-data by the modality's own rules (a code outside ``class_values``, a
+#: non-finite float), so a tile reads the same under the rules of either release.
+VERSION_NODATA: Mapping[str, Mapping[str, float]] = {
+    'v001': {'esa_worldcover': 255, 'era5': math.inf},
+    'v1.0': {'esa_worldcover': 0, 'era5': math.nan},
+}
+
+# A release as written in a name or a record: v001, or v1.0 as v1.0, v1_0, v1-0,
+# v1.0.0 or v100; not part of a longer word or number.
+_VERSION = re.compile(
+    r'(?<![A-Za-z0-9])v(001|1[._-]0(?:[._-]0)?|100)(?![A-Za-z0-9])', re.IGNORECASE
+)
+
+
+def data_version(text: str) -> str | None:
+    """The release of the MMEarth data that a version string names.
+
+    Args:
+        text: a version as recorded or typed: ``'v001'`` or ``'001'`` for v001;
+            ``'v1.0'``, ``'1.0'``, ``'v1_0'``, ``'v1-0'``, ``'v1.0.0'`` or
+            ``'v100'`` for v1.0 (any case).
+
+    Returns:
+        The release, as in :data:`DATA_VERSIONS`, or None for any other text.
+    """
+    text = text.strip()
+    match = _VERSION.fullmatch(text if text[:1] in 'vV' else f'v{text}')
+    if match is None:
+        return None
+    return 'v001' if match.group(1) == '001' else 'v1.0'
+
+
+def check_data_version(version: str, argument: str = 'version') -> str:
+    """The release a version argument names, or a clear error.
+
+    Args:
+        version: a release, in any spelling :func:`data_version` reads.
+        argument: the name of the argument, for the error.
+
+    Returns:
+        The release, as in :data:`DATA_VERSIONS`.
+
+    Raises:
+        ValueError: naming *argument* and the valid releases, for any other value.
+    """
+    release = data_version(version) if isinstance(version, str) else None
+    if release is None:
+        raise ValueError(
+            f'{argument} must be one of {list(DATA_VERSIONS)} (the MMEarth data '
+            f'release), got {version!r}'
+        )
+    return release
+
+
+def split_data_version(name: str) -> tuple[str, str | None]:
+    """The release a corpus folder or file name states, and the name without it.
+
+    Args:
+        name: e.g. ``'data_1M_v001_64'`` or ``'data_1M_v1.0_64'``.
+
+    Returns:
+        The name with its first release token replaced by ``'{version}'``
+        (``'data_1M_{version}_64'`` for both examples), and that release as in
+        :data:`DATA_VERSIONS`; the name itself and None when it states none.
+    """
+    match = _VERSION.search(name)
+    if match is None:
+        return name, None
+    template = f'{name[: match.start()]}{{version}}{name[match.end() :]}'
+    return template, data_version(match.group(0))
+
+
+def nodata_values(name: str, version: str | None = None) -> tuple[float, ...]:
+    """The no-data placeholders of a modality that :data:`VERSION_NODATA` lists.
+
+    Args:
+        name: modality name.
+        version: a release (see :func:`check_data_version`); None for those of every
+            release.
+
+    Returns:
+        The placeholders (none for modalities stored alike in every release), oldest
+        release first.
+
+    Raises:
+        ValueError: for an unknown release.
+    """
+    versions = DATA_VERSIONS if version is None else (check_data_version(version),)
+    return tuple(
+        VERSION_NODATA[release][name]
+        for release in versions
+        if name in VERSION_NODATA[release]
+    )

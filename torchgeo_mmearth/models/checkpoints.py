@@ -12,7 +12,9 @@ whose ``args`` is the ``argparse.Namespace`` of the pretraining script, holding
 ``pathlib`` paths (and possibly NumPy values). :func:`load_checkpoint` unpickles
 it with PyTorch's ``weights_only`` unpickler and the allow-list
 :data:`SAFE_GLOBALS` of those plain-data types: no code from the file can run,
-and anything else is refused with :class:`UnsafeCheckpointError`.
+and anything else is refused with :class:`UnsafeCheckpointError`. A file that is
+truncated, or no PyTorch checkpoint at all, raises :class:`CorruptCheckpointError`
+naming it.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import os
 import pathlib
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = [
     'OFFICIAL_URL_ROOT',
     'SAFE_GLOBALS',
     'CheckpointDownloadError',
+    'CorruptCheckpointError',
     'OfficialCheckpoint',
     'UnsafeCheckpointError',
     'load_checkpoint',
@@ -266,6 +270,29 @@ class CheckpointDownloadError(OSError):
         self.reason = reason
 
 
+class CorruptCheckpointError(OSError):
+    """A checkpoint file is truncated, or is not a PyTorch checkpoint at all.
+
+    Attributes:
+        path: the file.
+        reason: what is wrong with it, in one line.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        """Initialize a new CorruptCheckpointError instance.
+
+        Args:
+            path: the file.
+            reason: what is wrong with it, in one line.
+        """
+        super().__init__(
+            f'{path} is truncated or not a PyTorch checkpoint ({reason}); copy or '
+            'download it again'
+        )
+        self.path = path
+        self.reason = reason
+
+
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint pickles objects outside the allow-list of :func:`load_checkpoint`.
 
@@ -420,6 +447,7 @@ def load_checkpoint(
     model_dir: str | os.PathLike[str] | None = None,
     file_name: str | None = None,
     check_hash: bool = False,
+    mmap: bool = False,
 ) -> Any:
     """Load an MMEarth checkpoint without letting it run code.
 
@@ -438,6 +466,9 @@ def load_checkpoint(
         file_name: name of the cached file instead of the URL's basename.
         check_hash: check the cached file against the hash prefix in its name,
             as :func:`torch.hub.load_state_dict_from_url` does.
+        mmap: map the tensors from the file instead of reading them (for a
+            large checkpoint that is only inspected; files in PyTorch's legacy
+            format are read).
 
     Returns:
         The unpickled checkpoint.
@@ -449,6 +480,8 @@ def load_checkpoint(
             the hash check.
         UnsafeCheckpointError: if the file pickles anything outside the
             allow-list (naming what it found).
+        CorruptCheckpointError: if the file is truncated or not a PyTorch
+            checkpoint (naming it).
     """
     source = os.fspath(source)
     if _is_url(source):
@@ -465,8 +498,27 @@ def load_checkpoint(
             raise FileNotFoundError(f'no checkpoint file at {path!r}')
     try:
         with safe_globals():
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+            return torch.load(
+                path,
+                map_location=map_location,
+                weights_only=True,
+                # PyTorch maps zip archives only, not the legacy format
+                mmap=mmap and zipfile.is_zipfile(path),
+            )
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as error:
+        message = str(error)
+        unsafe = 'Unsupported global' in message
+        # A file that is not a whole zip archive (torch.save's format since 1.6)
+        # was cut short or is something else; PyTorch's zip reader names damage
+        # inside an archive.
+        if not unsafe and 'PytorchStreamReader' in message:
+            reason = message.split('. ')[0]
+            raise CorruptCheckpointError(source, f'PyTorch: {reason}') from None
+        if not unsafe and not zipfile.is_zipfile(path):
+            reason = 'it is no zip archive, the format torch.save writes'
+            raise CorruptCheckpointError(source, reason) from None
+        if not isinstance(error, pickle.UnpicklingError):
+            raise
         raise UnsafeCheckpointError(
             f'refusing to load {source!r}: it pickles '
             f'{_unsafe_globals(path) or "objects"} outside the allow-list of MMEarth '

@@ -356,11 +356,21 @@ class MMEarthWeights(WeightsEnum):  # type: ignore[misc]
     def _offline_help(self, error: CheckpointDownloadError) -> str:
         """The reason of a failed download, and how to load a copy on disk."""
         published = f'{_CHECKPOINTS[self.name].folder}/{os.path.basename(error.url)}'
+        where = (
+            f'put it at {error.cached}, or set {WEIGHTS_DIR_VARIABLE} to a folder '
+            f'holding {published}'
+        )
+        checked = ''
+        if folder := os.environ.get(WEIGHTS_DIR_VARIABLE):
+            checked = (
+                f' {WEIGHTS_DIR_VARIABLE} is set to {folder}, but '
+                f'{self._published_file(folder)} does not exist.'
+            )
+            where = f'put it there or at {error.cached}'
         return (
-            f'{error.reason}. To load a copy of {published} from disk instead, put '
-            f'it at {error.cached}, or set {WEIGHTS_DIR_VARIABLE} to a folder '
-            f'holding {published}, or pass its path: '
-            f"{self!r}.get_state_dict('/path/to/checkpoint-199.pth')"
+            f'{error.reason}.{checked} To load a copy of {published} from disk '
+            f'instead, {where}, or pass its path: {self!r}.get_state_dict('
+            "'/path/to/checkpoint-199.pth')"
         )
 
     def transforms_for(

@@ -1,6 +1,6 @@
 """Trainers: MMEarth pretraining, and TorchGeo's tasks with MMEarth's fine-tuning recipe."""
 
-from .callbacks import CheckpointOnInterrupt
+from .callbacks import CheckpointOnInterrupt, resume_in_version_folder
 from .classification import MMEarthClassificationTask
 from .mpmae import MPMAETask
 from .rng import RandomStateCheckpoint
@@ -12,4 +12,5 @@ __all__ = (
     'MMEarthSemanticSegmentationTask',
     'MPMAETask',
     'RandomStateCheckpoint',
+    'resume_in_version_folder',
 )

@@ -1,6 +1,13 @@
-"""Ctrl-C during training: stop at the end of the step, keep a checkpoint, say how to resume."""
+"""Interrupted and resumed runs.
+
+:class:`CheckpointOnInterrupt`: Ctrl-C during training stops at the end of the
+step, keeps a checkpoint and says how to resume. :func:`resume_in_version_folder`:
+a run resumed from a checkpoint of a logger's ``version_N`` folder goes on logging
+there.
+"""
 
 import os
+import re
 import shlex
 import signal
 import sys
@@ -10,9 +17,10 @@ from types import FrameType
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ['CheckpointOnInterrupt']
+__all__ = ['CheckpointOnInterrupt', 'resume_in_version_folder']
 
 #: Console scripts whose command line, plus ``--ckpt_path``, resumes a run.
 _CLI_NAMES = ('torchgeo-mmearth', 'torchgeo')
@@ -137,6 +145,45 @@ class CheckpointOnInterrupt(Callback):
         if self._previous is not None and not self.requested:
             signal.signal(signal.SIGINT, self._previous)
         self._previous = None
+
+
+def resume_in_version_folder(
+    trainer: Trainer, checkpoint: str | os.PathLike[str] | None
+) -> Path | None:
+    """Make a run resumed from *checkpoint* log into the checkpoint's version folder.
+
+    Lightning's TensorBoard logger (the default) starts a new ``version_N+1`` folder
+    for every run, so a resumed run would split one training into two folders: its
+    curves, figures and later checkpoints apart from the first part's. When
+    *checkpoint* lies in ``<logger root>/version_N/checkpoints/`` and the logger was
+    given no version, this sets the logger to version N, where TensorBoard adds the
+    new events beside the earlier ones. (A CSV logger would overwrite its
+    ``metrics.csv`` there, so other loggers keep a new folder.) Call it before
+    ``trainer.fit(..., ckpt_path=checkpoint)``, before the logger is first used
+    (``torchgeo-mmearth fit --ckpt_path`` does).
+
+    Args:
+        trainer: the trainer that will resume.
+        checkpoint: the checkpoint it resumes from, or None.
+
+    Returns:
+        The version folder the logger now writes to, or None if nothing changed.
+    """
+    logger = trainer.logger
+    if not checkpoint or not isinstance(logger, TensorBoardLogger):
+        return None
+    folder = Path(checkpoint).resolve().parent.parent
+    match = re.fullmatch(r'version_(\d+)', folder.name)
+    # The logger keeps the version given, or None, in ``_version`` until its first
+    # use, when it numbers the run.
+    if (
+        match is None
+        or logger._version is not None
+        or Path(logger.root_dir).resolve() != folder.parent
+    ):
+        return None
+    logger._version = int(match[1])
+    return folder
 
 
 def _resume(path: Path) -> str:

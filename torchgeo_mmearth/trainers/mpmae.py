@@ -20,11 +20,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.models._api import WeightsEnum
 
 from .._compat import BaseTask
-from ..modalities import default_pretext_tasks
+from .._panels import has_data
+from ..modalities import Level, default_pretext_tasks
 from ..models import MPMAE, MPMAEOutput, PretrainedLoad, pretraining_checkpoint
 from .callbacks import CheckpointOnInterrupt
 from .optim import warmup_cosine
 from .plotting import (
+    RECONSTRUCTION_CAPTION,
     Panel,
     plot_reconstruction,
     plot_training_progress,
@@ -195,6 +197,10 @@ class MPMAETask(BaseTask):
             'train': [],
             'val': [],
         }
+        # The mean loss of each task per epoch, per stage.
+        self._task_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        # The validation tile the figure draws, chosen once (see _figure_tile).
+        self._figure_index: int | None = None
 
     def _load_weights(self, weights: WeightsEnum | str) -> PretrainedLoad:
         """Initialise MP-MAE from *weights* and log what was loaded."""
@@ -241,7 +247,7 @@ class MPMAETask(BaseTask):
         self._check_finite(output)
         batch_size = len(output.mask)
         self._log_step('train', output, batch_size)
-        self._add_to_epoch_loss('train', output.loss, batch_size)
+        self._add_to_epoch_loss('train', output, batch_size)
         self.log('train_feature_std', _feature_std(output), batch_size=batch_size)
         for name, value in self.mpmae.task_log_variances().items():
             self.log(f'train_log_var_{name}', value, batch_size=batch_size)
@@ -272,9 +278,9 @@ class MPMAETask(BaseTask):
         output = self(batch, generator=generator)
         self._log_step('val', output, len(output.mask))
         if not self.trainer.sanity_checking:
-            self._add_to_epoch_loss('val', output.loss, len(output.mask))
+            self._add_to_epoch_loss('val', output, len(output.mask))
         if batch_idx == 0:
-            # The first tile of the first batch, with the same mask at every epoch.
+            # The same tile of the first batch, with the same mask, at every epoch.
             self._log_figure(batch, output, 'val')
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
@@ -318,6 +324,36 @@ class MPMAETask(BaseTask):
             'input_size': self.hparams['input_size'],
             'corpus': corpus,
         }
+        # What the final figure draws, so that a resumed run's covers the whole run.
+        checkpoint['mmearth_progress'] = {
+            'loss_history': self._loss_history,
+            'task_history': self._task_history,
+            'epoch_loss_sums': self._epoch_loss_sums,
+            'figure_index': self._figure_index,
+            'first_rows': {
+                stage: (rows[0][0], [_stored_panel(panel) for panel in rows[0][1]])
+                for stage, rows in self._snapshots.items()
+                if rows
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the losses and first figure rows of the run being resumed.
+
+        Args:
+            checkpoint: the checkpoint being loaded.
+        """
+        progress = checkpoint.get('mmearth_progress')
+        if progress is None:  # written before this was recorded
+            return
+        self._loss_history = progress['loss_history']
+        self._task_history = progress['task_history']
+        self._epoch_loss_sums = progress['epoch_loss_sums']
+        self._figure_index = progress['figure_index']
+        self._snapshots = {
+            stage: [(label, [_restored_panel(panel) for panel in panels])]
+            for stage, (label, panels) in progress['first_rows'].items()
+        }
 
     def on_fit_end(self) -> None:
         """Save the progress figure and say where the results are.
@@ -343,6 +379,9 @@ class MPMAETask(BaseTask):
                 },
                 'total loss, '
                 + ('uncertainty-weighted' if uncertainty else 'sum of the tasks'),
+                # The training epochs: more tiles than validation, all targets.
+                task_losses=self._task_history.get('train'),
+                caption=RECONSTRUCTION_CAPTION,
             )
             directory.mkdir(parents=True, exist_ok=True)
             figure_path = directory / 'reconstruction.png'
@@ -430,20 +469,63 @@ class MPMAETask(BaseTask):
         for name, fraction in output.valid_fractions.items():
             self.log(f'{stage}_valid_{name}', fraction, batch_size=batch_size)
 
-    def _add_to_epoch_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+    def _add_to_epoch_loss(
+        self, stage: str, output: MPMAEOutput, batch_size: int
+    ) -> None:
+        """Add a batch to the epoch's sums of the total and of each task's loss.
+
+        A task counts only in batches where it had targets (else its loss is 0).
+        """
+        losses = torch.stack([output.loss, *output.task_losses.values()]).detach()
+        counted = torch.ones_like(losses)
+        counted[1:] = (losses[1:] != 0).to(losses.dtype)
         sums = self._epoch_loss_sums.setdefault(
-            stage, torch.zeros(2, device=loss.device)
+            stage, torch.zeros(2, len(losses), device=losses.device)
         )
-        sums[0] += loss.detach().float() * batch_size
-        sums[1] += batch_size
+        sums[0] += losses.float() * counted * batch_size
+        sums[1] += counted * batch_size
 
     def _record_epoch_loss(self, stage: str) -> None:
-        sums = self._epoch_loss_sums.pop(stage, torch.zeros(2, device=self.device))
+        tasks = [task.name for task in self.mpmae.tasks]
+        sums = self._epoch_loss_sums.pop(
+            stage, torch.zeros(2, 1 + len(tasks), device=self.device)
+        )
         # A collective call under DDP: every rank ends every epoch here.
         sums = self.trainer.strategy.reduce(sums, reduce_op='sum')
-        if sums[1] > 0:
-            mean = float(sums[0] / sums[1])
-            self._loss_history[stage].append((self.global_step, mean))
+        if sums[1, 0] > 0:
+            self._loss_history[stage].append(
+                (self.global_step, float(sums[0, 0] / sums[1, 0]))
+            )
+        history = self._task_history.setdefault(stage, {})
+        for name, total, count in zip(tasks, sums[0, 1:], sums[1, 1:], strict=True):
+            if count > 0:
+                history.setdefault(name, []).append(
+                    (self.global_step, float(total / count))
+                )
+
+    def _figure_tile(self, batch: Mapping[str, Any]) -> int:
+        """The first sample of the batch that has data in every pixel-level target.
+
+        Chosen at the first validation and kept, so every row of the figure shows
+        the same tile; sample 0 when no sample has all.
+        """
+        if self._figure_index is None:
+            keys = [
+                (task.key, task.kind)
+                for task in self.mpmae.tasks
+                if task.level is Level.PIXEL and task.key in batch
+            ]
+            size = len(batch[self.mpmae.input_key])
+            complete = (
+                index
+                for index in range(size)
+                if all(
+                    has_data(batch[key][index].float().cpu().numpy(), kind)
+                    for key, kind in keys
+                )
+            )
+            self._figure_index = next(complete, 0)
+        return self._figure_index
 
     def _log_figure(
         self, batch: Mapping[str, Any], output: MPMAEOutput, stage: str
@@ -454,6 +536,7 @@ class MPMAETask(BaseTask):
             self.mpmae.tasks,
             self.hparams['patch_size'],
             self.mpmae.norm_pix_loss,
+            index=self._figure_tile(batch) if stage == 'val' else 0,
         )
         tile = 'validation tile' if stage == 'val' else 'training batch'
         row = (
@@ -478,6 +561,17 @@ class MPMAETask(BaseTask):
                     f'{stage}/reconstruction', figure, self.global_step, close=False
                 )
             plt.close(figure)
+
+
+def _stored_panel(panel: Panel) -> tuple[str, Tensor | None, dict[str, Any]]:
+    """A panel as plain data that loads with ``torch.load(weights_only=True)``."""
+    image = None if panel.image is None else torch.from_numpy(panel.image.copy())
+    return panel.title, image, dict(panel.options)
+
+
+def _restored_panel(stored: tuple[str, Tensor | None, dict[str, Any]]) -> Panel:
+    title, image, options = stored
+    return Panel(title, None if image is None else image.numpy(), options)
 
 
 def _feature_std(output: MPMAEOutput) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -61,10 +62,10 @@ def reconstruction_panels(
     by one band per pass that the tile has, other continuous maps by their first band
     with data, class maps by class. Each prediction is stretched like its target.
     The Sentinel-2 reconstruction shows the input in the visible patches and the
-    prediction in the masked ones, as MAE figures do; the other predictions are
-    shown in the masked patches only (white elsewhere and where the target has no
-    data). A task whose target holds no data in this sample gets one "no data"
-    panel.
+    prediction in the masked ones, as MAE figures do, followed by the squared error
+    of its masked patches; the other predictions are shown in the masked patches
+    only (white elsewhere and where the target has no data). The tasks whose target
+    holds no data in this sample are listed in one last "no data" panel.
 
     Predictions of the tasks in *norm_pix* were trained against targets normalised
     per patch; they are drawn in target units with the target patch's own mean and
@@ -96,17 +97,21 @@ def reconstruction_panels(
     )
     visible = None
     if shown_input.image is not None:
-        # The input as stretched above, with the masked patches black.
+        # The input as stretched above, the masked patches grey checks: black or a
+        # flat colour could be an image or a prediction, the checks cannot.
         extra_axes = (1,) * (shown_input.image.ndim - 2)
         hidden = pixel_mask.numpy().reshape(*pixel_mask.shape, *extra_axes)
-        visible = np.where(hidden, 0.0, shown_input.image)
-    panels = [shown_input, Panel('visible patches', visible, {})]
+        rows, columns = np.indices(pixel_mask.shape) // 2
+        checks = (0.4 + 0.25 * ((rows + columns) % 2)).reshape(hidden.shape)
+        visible = np.where(hidden, checks, shown_input.image)
+    panels = [shown_input, Panel('visible patches\n(masked: grey checks)', visible, {})]
+    absent = []
     for task in tasks:
         if task.level is not Level.PIXEL or task.key not in batch:
             continue
         target = batch[task.key][index].detach().cpu()
         if not has_data(target.float().numpy(), task.kind):
-            panels.append(Panel(task.name, None, {}))
+            absent.append(task.name)
             continue
         prediction = output.predictions[task.name][index : index + 1].detach().cpu()
         if task.kind is Kind.CATEGORICAL:
@@ -118,6 +123,18 @@ def reconstruction_panels(
                 prediction.float(), target.float(), patch_size, task.name in norm_pix
             )
             panels += _continuous_panels(task, target.float(), predicted, pixel_mask)
+            if task.name == 'sentinel2':
+                panels.append(
+                    _error_panel(
+                        prediction.float(),
+                        target.float(),
+                        pixel_mask,
+                        patch_size,
+                        task.name in norm_pix,
+                    )
+                )
+    if absent:
+        panels.append(Panel('no data in this tile:\n' + ', '.join(absent), None, {}))
     return panels
 
 
@@ -151,6 +168,8 @@ def plot_training_progress(
     rows: Sequence[tuple[str, Sequence[Panel]]],
     losses: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     loss_title: str = 'loss',
+    task_losses: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    caption: str | None = None,
 ) -> Figure:
     """Rows of reconstruction panels, each labelled, beside the loss curves.
 
@@ -160,6 +179,10 @@ def plot_training_progress(
         losses: curves to draw beside the rows, by legend label: ``(step, loss)``
             points. None or only empty curves draws no curves.
         loss_title: title of the loss curves.
+        task_losses: each task's training loss per epoch, ``(step, loss)``
+            points by task name, drawn below the total relative to their first
+            point, so that tasks on different scales show how much each changed.
+        caption: a line of text below the figure.
 
     Returns:
         The figure.
@@ -170,11 +193,12 @@ def plot_training_progress(
     if not rows:
         raise ValueError('plot_training_progress needs at least one row of panels')
     curves = {label: points for label, points in (losses or {}).items() if points}
+    per_task = {name: points for name, points in (task_losses or {}).items() if points}
     columns = max(len(panels) for _, panels in rows)
     ratios = [1.0] * columns + ([_CURVES_WIDTH / _PANEL_SIZE] if curves else [])
+    height = _PANEL_SIZE * max(len(rows), 2 if curves and per_task else 1) + 0.5
     figure = plt.figure(
-        figsize=(_PANEL_SIZE * sum(ratios), _PANEL_SIZE * len(rows) + 0.5),
-        layout='constrained',
+        figsize=(_PANEL_SIZE * sum(ratios), height), layout='constrained'
     )
     grid = figure.add_gridspec(len(rows), len(ratios), width_ratios=ratios)
     for row, (label, panels) in enumerate(rows):
@@ -185,15 +209,35 @@ def plot_training_progress(
             if column == 0 and label:
                 axis.set_ylabel(label, fontsize=10)
     if curves:
-        axis = figure.add_subplot(grid[:, -1])
-        for label, points in curves.items():
-            steps, values = zip(*points, strict=True)
-            axis.plot(steps, values, marker='o', markersize=3, label=label)
-        axis.set_title(loss_title, fontsize=10)
-        axis.set_xlabel('step')
-        axis.legend(fontsize=9)
-        axis.grid(alpha=0.3)
+        cells = grid[:, -1].subgridspec(2 if per_task else 1, 1)
+        _draw_curves(figure.add_subplot(cells[0]), curves, loss_title)
+        if per_task:
+            relative = {
+                name: [(step, value / points[0][1]) for step, value in points]
+                for name, points in per_task.items()
+                if points[0][1] > 0
+            }
+            _draw_curves(
+                figure.add_subplot(cells[1]),
+                relative,
+                'training loss of each task (epoch mean),\nrelative to its first epoch',
+            )
+    if caption:
+        figure.supxlabel(caption, fontsize=8, wrap=True)
     return figure
+
+
+def _draw_curves(
+    axis: Axes, curves: Mapping[str, Sequence[tuple[int, float]]], title: str
+) -> None:
+    """Line plots of ``(step, value)`` points, one per legend label."""
+    for label, points in curves.items():
+        steps, values = zip(*points, strict=True)
+        axis.plot(steps, values, marker='o', markersize=3, label=label)
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel('step')
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
 
 
 def _panel(title: str, image: Tensor, reference: Tensor | None = None) -> Panel:
@@ -231,6 +275,46 @@ def _continuous_panels(
             ),
         ]
     return panels
+
+
+#: How to read a reconstruction figure, printed below it.
+RECONSTRUCTION_CAPTION = (
+    'Reconstructed: the input in the visible patches, the prediction in the masked '
+    "ones, in target units with the target patch's mean and spread (a flat patch: "
+    'the model predicts little more than the patch mean, as after a short run). '
+    "Squared error: masked patches, in the loss's units, 0 (black) to 2 (yellow)."
+)
+
+#: Colour range of the error panel: squared errors in the loss's units.
+ERROR_RANGE = (0.0, 2.0)
+
+
+def _error_panel(
+    prediction: Tensor,
+    target: Tensor,
+    pixel_mask: Tensor,
+    patch_size: int,
+    norm_pix: bool,
+) -> Panel:
+    """Squared error of the masked patches, averaged over bands, in the loss's units.
+
+    Per-patch normalised for a *norm_pix* task, as the loss sees it, and on one
+    fixed colour scale (:data:`ERROR_RANGE`), so that rows from different epochs
+    compare; the title gives the tile's mean over the masked patches.
+    """
+    grid = target.shape[-2] // patch_size, target.shape[-1] // patch_size
+    patches = patchify(target[None], patch_size)
+    if norm_pix:
+        mean, std = patch_statistics(patches)
+        patches = (patches - mean) / std
+    error = unpatchify((prediction - patches).square(), patch_size, grid)[0]
+    error = error.nanmean(dim=0).masked_fill(~pixel_mask, math.nan)
+    tile_mean = float(error.nanmean())
+    return Panel(
+        f'sentinel2 squared error\n(masked patches, mean {tile_mean:.2f})',
+        error.numpy(),
+        {'cmap': 'magma', 'vmin': ERROR_RANGE[0], 'vmax': ERROR_RANGE[1]},
+    )
 
 
 def _class_map_panels(

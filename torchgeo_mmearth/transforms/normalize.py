@@ -29,6 +29,8 @@ from ..modalities import (
     Modality,
     band_statistics,
     canonical_band_name,
+    check_data_version,
+    nodata_values,
     read_band_stats,
 )
 
@@ -50,6 +52,11 @@ class MMEarthNormalize(nn.Module):
       without statistics (L2A B10, all zero) is all NaN;
     * class maps: stored codes become class indices (int64), anything outside the
       legend becomes :data:`~torchgeo_mmearth.modalities.IGNORE_INDEX`;
+    * the no-data placeholders of the data release (*version*; see
+      :data:`~torchgeo_mmearth.modalities.VERSION_NODATA`) become NaN or the
+      ignore index too: ERA5 ``+inf`` and ESA WorldCover 255 in v001, NaN and 0 in
+      v1.0. The rules above already catch both, so a tile gives the same output
+      under either release;
     * image-level classes (already indices) and other entries pass through.
 
     The statistics live in buffers and follow the input to its device on first use,
@@ -69,6 +76,7 @@ class MMEarthNormalize(nn.Module):
         level: str | None = None,
         mask_nodata: bool = True,
         scale: float = 1.0,
+        version: str | None = None,
     ) -> None:
         """Initialize a new MMEarthNormalize instance.
 
@@ -89,15 +97,20 @@ class MMEarthNormalize(nn.Module):
                 error.
             scale: factor applied to continuous inputs first, e.g. 10 000 for
                 reflectances in [0, 1] (So2Sat).
+            version: the release of the MMEarth data (``'v001'`` or ``'v1.0'``, as
+                the dataset's ``version``) whose no-data placeholders to flag; None
+                flags those of every release.
 
         Raises:
-            ValueError: for an unknown level or Sentinel-2 band, or statistics that
-                lack an entry or a band.
+            ValueError: for an unknown level, release or Sentinel-2 band, or
+                statistics that lack an entry or a band.
             TypeError: if a modality's bands are a string.
         """
         super().__init__()
         if level is not None and level not in S2_TYPES:
             raise ValueError(f'level must be one of {S2_TYPES} or None, got {level!r}')
+        #: The release whose no-data placeholders are flagged (None: every release).
+        self.version = None if version is None else check_data_version(version)
         band_stats = read_band_stats(
             MMEARTH_S2_BAND_STATS if band_stats is None else band_stats
         )
@@ -109,6 +122,8 @@ class MMEarthNormalize(nn.Module):
         self.scale = scale
         #: Rows of the statistics each modality has (S2_TYPES order for Sentinel-2).
         self._rows: dict[str, tuple[int, ...]] = {}
+        #: The release's no-data placeholders of each continuous modality.
+        self._placeholders: dict[str, tuple[float, ...]] = {}
         for name, bands in modality_bands.items():
             if isinstance(bands, str):
                 raise TypeError(
@@ -126,9 +141,12 @@ class MMEarthNormalize(nn.Module):
                 # z = x * scale + shift, one fused multiply-add per value
                 self.register_buffer(f'scale_{name}', scale / std, persistent=False)
                 self.register_buffer(f'shift_{name}', -mean / std, persistent=False)
+                self._placeholders[name] = nodata_values(name, self.version)
             elif modality.level is Level.PIXEL:
                 self.register_buffer(
-                    f'lut_{name}', _class_lut(modality), persistent=False
+                    f'lut_{name}',
+                    _class_lut(modality, nodata_values(name, self.version)),
+                    persistent=False,
                 )
 
     def _statistics(self, band_stats: BandStats, name: str) -> tuple[Tensor, Tensor]:
@@ -241,6 +259,9 @@ class MMEarthNormalize(nn.Module):
             if not math.isinf(bound):
                 hit = outside(values, bound)
                 invalid = hit if invalid is None else invalid | hit
+        for placeholder in self._placeholders[name]:
+            hit = values.isnan() if math.isnan(placeholder) else values == placeholder
+            invalid = hit if invalid is None else invalid | hit
         if invalid is None:
             return out
         return out.masked_fill_(invalid, torch.nan)
@@ -288,10 +309,15 @@ def _always_holds(
     return bound <= info.min if outside is torch.lt else bound >= info.max
 
 
-def _class_lut(modality: Modality) -> Tensor:
-    """Lookup table from every storable code to its class index or the ignore index."""
+def _class_lut(modality: Modality, placeholders: Sequence[float]) -> Tensor:
+    """Lookup table from every storable code to its class index or the ignore index.
+
+    Codes outside the legend, and the release's no-data *placeholders*, map to the
+    ignore index.
+    """
     lut = torch.full((np.iinfo(modality.dtype).max + 1,), IGNORE_INDEX)
     lut[list(modality.class_values)] = torch.arange(modality.num_classes)
+    lut[[int(code) for code in placeholders]] = IGNORE_INDEX
     return lut
 
 

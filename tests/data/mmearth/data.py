@@ -15,6 +15,12 @@ a mistake in the reader's description of the format cannot hide in the test data
 * band statistics computed the way MMEarth-data's ``utils/normalization.py`` does
   (per band, over values that differ from its no-data value; L1C and L2A apart).
 
+Two releases of the data store two placeholders differently (MMEarth-train 1f368b3,
+"updated dataset class to v1.0"): v001, the published folders ``data_1M_v001`` and
+so on, stores ESA WorldCover no-data as 255 and ERA5 no-data as ``+inf``; v1.0 as 0
+and NaN. ``version='v1.0'`` writes the latter, into ``data_1M_v1.0`` and so on;
+*attribute* records a release in the HDF5 root attribute ``version``.
+
 Run ``python tests/data/mmearth/data.py --root DIR`` to write all three subsets, or
 import :func:`write_corpus`.
 """
@@ -56,6 +62,11 @@ S2_LEVEL = {
     'l2a': [600, 650, 800, 800, 1150, 2100, 2500, 2750, 2650, 2750, 0, 1900, 1300],
 }
 ESA_CODES = [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
+# The placeholders that differ between releases: ESA WorldCover and ERA5 no-data.
+RELEASE_NODATA = {
+    'v001': {'esa_worldcover': 255, 'era5': float('inf')},
+    'v1.0': {'esa_worldcover': 0, 'era5': float('nan')},
+}
 
 # Creation order and stored dtypes of MMEarth-data's convert_to_h5.MODALITIES.
 LAYOUT: dict[str, tuple[str, int | None]] = {
@@ -98,9 +109,14 @@ def _smooth_field(rng: np.random.Generator, size: int, scale: float) -> np.ndarr
 
 
 def _tile(
-    rng: np.random.Generator, size: int, s2_type: str, meta: dict[str, Any]
+    rng: np.random.Generator,
+    size: int,
+    s2_type: str,
+    meta: dict[str, Any],
+    version: str,
 ) -> dict[str, np.ndarray]:
-    """All modalities of one tile, as the published writer stores them."""
+    """All modalities of one tile, as the writer of the *version* release stores them."""
+    nodata = RELEASE_NODATA[version]
     out: dict[str, np.ndarray] = {}
     base = _smooth_field(rng, size, 1.0)
 
@@ -149,6 +165,7 @@ def _tile(
         meta['era5']['month1'] + meta['era5']['month2'] + meta['era5']['year'],
         dtype=np.float32,
     )
+    era5[np.isnan(era5)] = nodata['era5']
     out['era5'] = era5
 
     dw = rng.integers(1, 10, (1, size, size), dtype=np.uint8)
@@ -181,8 +198,8 @@ def _tile(
     out['eco_region'] = np.eye(846, dtype=np.uint16)[meta['eco_region']]
 
     esa = rng.choice(np.array(ESA_CODES, dtype=np.uint8), (1, size, size))
-    esa[:, :, :2] = 0
-    esa[:, :, -1] = 255
+    esa[:, :, :2] = 0  # the v1.0 placeholder; no code of the legend in v001 either
+    esa[:, :, -1] = nodata['esa_worldcover']
     out['esa_worldcover'] = esa
     return out
 
@@ -309,7 +326,8 @@ def _stats(values: np.ndarray, no_data: float) -> dict[str, list[float]]:
 
 
 def _vector_stats(values: np.ndarray) -> dict[str, list[float]]:
-    """Per-element statistics of an image-level vector, NaN-aware."""
+    """Per-element statistics of an image-level vector over its finite values."""
+    values = np.where(np.isfinite(values), values, np.nan)
     count = np.count_nonzero(~np.isnan(values), axis=0)
     mean = np.nansum(values, axis=0) / count
     std = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / count)
@@ -321,6 +339,11 @@ def _vector_stats(values: np.ndarray) -> dict[str, list[float]]:
     }
 
 
+def release_folder(subset: str, version: str = 'v001') -> str:
+    """The folder of a subset in a release: ``data_1M_v001_64``, ``data_1M_v1.0_64``."""
+    return SUBSETS[subset][0].replace('v001', version)
+
+
 def write_corpus(
     root: Path | str,
     subset: str = 'MMEarth64',
@@ -328,6 +351,9 @@ def write_corpus(
     seed: int = 0,
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
     compression: str | None = 'gzip',
+    version: str = 'v001',
+    folder: str | None = None,
+    attribute: str | None = None,
 ) -> Path:
     """Write one subset folder under *root* and return its path.
 
@@ -339,19 +365,27 @@ def write_corpus(
         splits: train/val/test fractions of the shuffled tile indices.
         compression: 'gzip' with one chunk per tile, as published, or None for a
             contiguous file (the layout of MMEarth-data's merge mode).
+        version: the release whose no-data placeholders to write, 'v001' or 'v1.0'.
+        folder: the folder name; None for the subset's folder of *version*
+            (:func:`release_folder`).
+        attribute: the value of the HDF5 root attribute ``version``; None writes
+            none (as in the published v001 files).
 
     Returns:
         The subset folder.
     """
-    stem, size = SUBSETS[subset]
-    folder = Path(root) / stem
-    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder or release_folder(subset, version)
+    size = SUBSETS[subset][1]
+    folder_path = Path(root) / stem
+    folder_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     metas = [_tile_meta(rng, i) for i in range(num_tiles)]
-    tiles = [_tile(rng, size, m['s2_type'], m) for m in metas]
+    tiles = [_tile(rng, size, m['s2_type'], m, version) for m in metas]
     tile_ids = [f'{seed}{i:06d}' for i in range(num_tiles)]
 
-    with h5py.File(folder / f'{stem}.h5', 'w') as f:
+    with h5py.File(folder_path / f'{stem}.h5', 'w') as f:
+        if attribute is not None:
+            f.attrs['version'] = attribute
         for name, (dtype, channels) in LAYOUT.items():
             shape: tuple[int, ...] = (
                 (num_tiles, channels)
@@ -389,7 +423,7 @@ def write_corpus(
         stats[name] = _vector_stats(
             np.stack([t[name] for t in tiles]).astype(np.float64)
         )
-    (folder / f'{stem}_band_stats.json').write_text(json.dumps(stats))
+    (folder_path / f'{stem}_band_stats.json').write_text(json.dumps(stats))
 
     order = rng.permutation(num_tiles).tolist()
     n_train = round(splits[0] * num_tiles)
@@ -399,11 +433,11 @@ def write_corpus(
         'val': order[n_train : n_train + n_val],
         'test': order[n_train + n_val :],
     }
-    (folder / f'{stem}_splits.json').write_text(json.dumps(split_indices))
+    (folder_path / f'{stem}_splits.json').write_text(json.dumps(split_indices))
 
     tile_info = {t: _tile_info_entry(m) for t, m in zip(tile_ids, metas, strict=True)}
-    (folder / f'{stem}_tile_info.json').write_text(json.dumps(tile_info))
-    return folder
+    (folder_path / f'{stem}_tile_info.json').write_text(json.dumps(tile_info))
+    return folder_path
 
 
 def main() -> None:
@@ -415,9 +449,12 @@ def main() -> None:
     )
     parser.add_argument('--num-tiles', type=int, default=10)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--version', choices=list(RELEASE_NODATA), default='v001')
     args = parser.parse_args()
     for subset in args.subset:
-        folder = write_corpus(args.root, subset, args.num_tiles, args.seed)
+        folder = write_corpus(
+            args.root, subset, args.num_tiles, args.seed, version=args.version
+        )
         print(f'{subset}: {folder}')
 
 
