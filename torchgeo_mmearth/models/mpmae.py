@@ -360,28 +360,25 @@ class MPMAE(nn.Module):
                     'the checkpoint has no image-level task',
                 )
         else:
-            shared = (
-                next(iter(parts.decoders.values()), None)
-                if parts.shared_decoder
-                else None
-            )
-            for name in decoder.decoders:
-                take(
-                    f'decoder.decoders.{name}',
-                    parts.decoders.get(name, shared),
-                    'not a task of the checkpoint',
+            # Per-task modules: the task's own, else the one the checkpoint shares.
+            for modules, found, path, why in (
+                (decoder.decoders, parts.decoders, 'decoders', 'a task'),
+                (
+                    decoder.image_norms,
+                    parts.image_norms,
+                    'image_norms',
+                    'an image-level task',
+                ),
+            ):
+                shared = (
+                    next(iter(found.values()), None) if parts.shared_decoder else None
                 )
-            shared_norm = (
-                next(iter(parts.image_norms.values()), None)
-                if parts.shared_decoder
-                else None
-            )
-            for name in decoder.image_norms:
-                take(
-                    f'decoder.image_norms.{name}',
-                    parts.image_norms.get(name, shared_norm),
-                    'not an image-level task of the checkpoint',
-                )
+                for name in modules:
+                    take(
+                        f'decoder.{path}.{name}',
+                        found.get(name, shared),
+                        f'not {why} of the checkpoint',
+                    )
         for task in self.tasks:
             take(
                 f'decoder.heads.{task.name}',
