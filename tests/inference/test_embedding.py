@@ -374,6 +374,7 @@ def test_resume_yields_the_identical_files(weights_p8: Path, tmp_path: Path) -> 
         'chip_size': 40,
         'margin': 8,
         'batch_size': 2,
+        'block_size': 3,  # one chip centre (3 output pixels) per block
         'progress': False,
     }
     embed(PATCH, weights_p8, tmp_path / 'a.tif', tmp_path / 'a.parquet', **options)
@@ -388,7 +389,7 @@ def test_resume_yields_the_identical_files(weights_p8: Path, tmp_path: Path) -> 
     result = embed(
         PATCH, encoder, tmp_path / 'b.tif', tmp_path / 'b.parquet', **options
     )
-    assert result.resumed_chips == 4  # two batches of two chips were kept
+    assert result.resumed_chips == 2  # the two blocks finished were kept
     assert (tmp_path / 'b.tif').read_bytes() == (tmp_path / 'a.tif').read_bytes()
     assert (tmp_path / 'b.parquet').read_bytes() == (
         tmp_path / 'a.parquet'

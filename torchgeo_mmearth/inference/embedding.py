@@ -18,27 +18,23 @@ import math
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 from torch import Tensor
 from torchvision.models._api import WeightsEnum
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from .. import __version__
-from .._atomic import atomic_path
 from ..corpus import (
     Acquisition,
     GeoTiffSource,
@@ -50,7 +46,10 @@ from ..corpus import (
 from ..corpus.sources import read_mosaic
 from ..modalities import S2_TYPES
 from ..transforms import BandRemap, MMEarthS2Normalize
+from .blocks import Block, BlockData, Chip, Workspace, layout
+from .distributed import Processes, processes
 from .encoder import SceneEncoder, load_encoder
+from .writers import tiles_folder, write_parquet, write_raster
 
 __all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']
 
@@ -75,7 +74,6 @@ _DATE_TAGS = (
 )
 # ISO (2017-06-13T10:10:31.024Z) or TIFF (2017:06:13 10:10:31) date and time.
 _TAG_DATE = re.compile(r'(\d{4})[-:](\d{2})[-:](\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}))?')
-_STATE = 'state.json'
 
 
 def sentinel2_source(
@@ -381,37 +379,6 @@ def area_grid(
     )
 
 
-@dataclass(frozen=True)
-class _Chip:
-    """A chip: its top-left input pixel and the output cells it keeps."""
-
-    index: int
-    row: int  # input pixel of the chip's top-left corner (may be negative)
-    col: int
-    out_rows: tuple[int, int]  # kept output cells, [start, stop)
-    out_cols: tuple[int, int]
-
-
-def _chips(grid: EmbeddingGrid, size: int, margin: int) -> list[_Chip]:
-    """Chips of *size* pixels whose centres (*size* - 2 *margin*) tile the area."""
-    p = grid.patch_size
-    core = (size - 2 * margin) // p  # output cells kept per chip and axis
-    height, width = grid.out_shape
-    chips: list[_Chip] = []
-    for i in range(math.ceil(height / core)):
-        for j in range(math.ceil(width / core)):
-            chips.append(
-                _Chip(
-                    len(chips),
-                    i * core * p - margin,
-                    j * core * p - margin,
-                    (i * core, min((i + 1) * core, height)),
-                    (j * core, min((j + 1) * core, width)),
-                )
-            )
-    return chips
-
-
 def _check_geometry(chip_size: int, margin: int, patch_size: int) -> None:
     if chip_size % patch_size or margin % patch_size:
         raise ValueError(
@@ -425,65 +392,11 @@ def _check_geometry(chip_size: int, margin: int, patch_size: int) -> None:
         )
 
 
-class _Workspace:
-    """Arrays on disk that a run fills batch by batch, and how far it got."""
-
-    def __init__(
-        self,
-        folder: Path,
-        fingerprint: dict[str, Any],
-        shape: tuple[int, int, int],
-        chips: int,
-        resume: bool,
-    ) -> None:
-        self.folder = folder
-        state = folder / _STATE
-        self.done = 0
-        if resume and state.is_file():
-            saved = json.loads(state.read_text())
-            if saved.get('fingerprint') == fingerprint:
-                self.done = int(saved['done'])
-            else:
-                warnings.warn(
-                    f'{folder} holds an interrupted run with other inputs or '
-                    'options; starting again',
-                    UserWarning,
-                    stacklevel=3,
-                )
-        if self.done == 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-        self.fingerprint = fingerprint
-        mode: Literal['r+', 'w+'] = 'r+' if self.done else 'w+'
-        self.features = np.memmap(
-            folder / 'features.f32', np.float32, mode, shape=shape
-        )
-        self.pooled = np.memmap(
-            folder / 'pooled.f32', np.float32, mode, shape=(chips, shape[0])
-        )
-        self.valid = np.memmap(folder / 'valid.f32', np.float32, mode, shape=(chips,))
-        if not self.done:
-            self.features[:] = np.nan
-            self.pooled[:] = np.nan
-            self.valid[:] = 0
-
-    def commit(self, done: int) -> None:
-        """Flush the arrays, then record that *done* batches are complete."""
-        self.features.flush()
-        self.pooled.flush()
-        self.valid.flush()
-        self.done = done
-        with atomic_path(self.folder / _STATE) as temporary:
-            temporary.write_text(
-                json.dumps({'fingerprint': self.fingerprint, 'done': done})
-            )
-
-
 def _read_chips(
     source: ModalitySource,
     acquisitions: Sequence[Acquisition],
     grid: EmbeddingGrid,
-    chips: Sequence[_Chip],
+    chips: Sequence[Chip],
     size: int,
     footprints: Sequence[tuple[float, float, float, float]],
 ) -> tuple[np.ndarray, list[str | None]]:
@@ -539,6 +452,7 @@ def embed(
     margin: int | None = None,
     min_valid: float = 0.5,
     batch_size: int = 16,
+    block_size: int = 256,
     device: str | torch.device = 'cpu',
     bf16: bool = False,
     pca: int | None = None,
@@ -552,16 +466,30 @@ def embed(
     Writes a Cloud-Optimized GeoTIFF with one float32 band per feature (or
     *pca* components, optionally *int8*-quantised) at the encoder's output
     stride (one output pixel per ``P x P`` input pixels, its centre on the
-    centre of the window it summarises; NaN is no-data), and a GeoParquet
-    with one row per chip centre: its footprint, the date and scenes it was
-    read from, the weights, the fraction of valid output pixels and the mean of
-    its valid embeddings. Both carry the provenance (weights, bands,
-    band statistics, options, package version) in their metadata
+    centre of the window it summarises; NaN is no-data), or for a *raster*
+    ending in ``.vrt``, a VRT over one COG per block in the folder ``<name>_tiles``
+    (for areas too big for one file; TorchGeo's ``RasterDataset`` reads either).
+    And a GeoParquet with one row per chip centre: its footprint, the date and
+    scenes it was read from, the weights, the fraction of valid output pixels
+    and the mean of its valid embeddings, in the columns that TorchGeo's
+    ``ClayEmbeddings``, ``MajorTOMEmbeddings`` and ``EarthEmbeddings`` read
+    (``embedding``, ``geometry``, ``date``, ``timestamp``, ``centre_lon``,
+    ``centre_lat``). Both carry the provenance (weights, bands, band
+    statistics, options, package version) in their metadata
     (``TORCHGEO_MMEARTH`` tag, ``torchgeo_mmearth`` Parquet key).
 
     An output pixel whose input window has less than *min_valid* valid pixels
     (every band present, not no-data) is no-data; chips without any valid output
     pixel are not encoded and have no row.
+
+    The area is cut into blocks of about *block_size* output pixels on a side;
+    memory is bounded by the block, not the area. Run under ``torchrun`` (or in
+    a process group the caller set up, e.g. by Lightning Fabric), each process
+    encodes every *n*-th unfinished block on its own device, and the first
+    process writes the outputs; the files are the same for any number of
+    processes. An interrupted run keeps its finished blocks and continues with
+    the others when run again with the same inputs and options, with any number
+    of processes.
 
     If you use the MMEarth weights, please cite the following paper:
 
@@ -592,19 +520,24 @@ def embed(
             the chip, 32 px for P = 8).
         min_valid: fraction of valid input pixels an output pixel needs.
         batch_size: chips per forward pass.
-        device: where to run the encoder.
+        block_size: side of a block in output pixels, rounded down to whole
+            chip centres (at least one chip).
+        device: where to run the encoder; ``cuda`` under ``torchrun`` is each
+            process's GPU (``LOCAL_RANK``).
         bf16: run the encoder in bfloat16 autocast (for GPUs).
         pca: write this many principal components of the features instead of
             all of them (fitted on the area's valid pixels, their explained
             variance in the tags); the GeoParquet keeps every feature.
         int8: quantise the raster to int8 with a GDAL scale and offset per band
             (value = offset + scale * q; -128 is no-data).
-        resume: continue an interrupted run of the same inputs and options.
+        resume: keep the finished blocks of an interrupted run of the same
+            inputs and options.
         overwrite: replace existing outputs.
         progress: show a progress bar.
 
     Returns:
-        What was written.
+        What was written (in processes other than the first, what the first
+        writes; their ``empty_chips`` is 0).
 
     Raises:
         ValueError: for no output, bad chip geometry, a bad or undetermined
@@ -615,6 +548,8 @@ def embed(
     if raster is None and parquet is None:
         raise ValueError('nothing to write: pass raster=, parquet= or both')
     outputs = [Path(p) for p in (raster, parquet) if p is not None]
+    if raster is not None and Path(raster).suffix.lower() == '.vrt':
+        outputs.append(tiles_folder(Path(raster)))
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f'{existing} exist; pass overwrite=True to replace them')
@@ -622,8 +557,63 @@ def embed(
         raise ValueError(f'min_valid must be in (0, 1], got {min_valid}')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if block_size < 1:
+        raise ValueError(f'block_size must be >= 1, got {block_size}')
     when = None if date is None else _date(date, 'date')
-    device = torch.device(device)
+    with processes(torch.device(device)) as group:
+        return _embed(
+            group,
+            inputs,
+            weights,
+            None if raster is None else Path(raster),
+            None if parquet is None else Path(parquet),
+            bands=bands,
+            fill=fill,
+            level=level,
+            date=when,
+            bounds=bounds,
+            bounds_crs=bounds_crs,
+            time_range=time_range,
+            chip_size=chip_size,
+            margin=margin,
+            min_valid=min_valid,
+            batch_size=batch_size,
+            block_size=block_size,
+            bf16=bf16,
+            pca=pca,
+            int8=int8,
+            resume=resume,
+            progress=progress,
+        )
+
+
+def _embed(
+    group: Processes,
+    inputs: Any,
+    weights: SceneEncoder | WeightsEnum | str | os.PathLike[str],
+    raster: Path | None,
+    parquet: Path | None,
+    *,
+    bands: Sequence[str] | None,
+    fill: Mapping[str, str] | None,
+    level: str | None,
+    date: datetime | None,
+    bounds: Sequence[float] | None,
+    bounds_crs: Any,
+    time_range: tuple[Any, Any] | None,
+    chip_size: int | None,
+    margin: int | None,
+    min_valid: float,
+    batch_size: int,
+    block_size: int,
+    bf16: bool,
+    pca: int | None,
+    int8: bool,
+    resume: bool,
+    progress: bool,
+) -> EmbeddingResult:
+    """:func:`embed` in one of the run's processes (arguments checked)."""
+    device = group.device
     encoder = (
         weights if isinstance(weights, SceneEncoder) else load_encoder(weights, device)
     )
@@ -635,23 +625,19 @@ def embed(
     size = chip_size or 32 * p
     margin = margin if margin is not None else (size // 8) // p * p
     _check_geometry(size, margin, p)
-    source = sentinel2_source(inputs, bands, level, when)
+    source = sentinel2_source(inputs, bands, level, date)
     transforms = encoder.transforms(source.bands, fill).to(device)
     remap, normalize = transforms
     assert isinstance(remap, BandRemap) and isinstance(normalize, MMEarthS2Normalize)
-    used = [source.bands.index(b) for b in remap.bands]
     acquisitions = _select(source, time_range)
     grid = area_grid(acquisitions, p, bounds, bounds_crs)
-    chips = _chips(grid, size, margin)
-    footprints = [
-        _in_crs(f, a.crs, grid.crs) for a in acquisitions for f in a.footprints
-    ]
-    batches = [chips[i : i + batch_size] for i in range(0, len(chips), batch_size)]
+    blocks = layout(grid.out_shape, p, size, margin, block_size)
+    chips = sum(len(block.chips) for block in blocks)
     options = {
         'bands': bands,
         'fill': fill,
         'level': level,
-        'date': when,
+        'date': date,
         'bounds': bounds,
         'bounds_crs': str(bounds_crs),
         'time_range': time_range,
@@ -659,6 +645,7 @@ def embed(
         'margin': margin,
         'min_valid': min_valid,
         'batch_size': batch_size,
+        'block_size': block_size,
         'bf16': bf16,
         'pca': pca,
         'int8': int8,
@@ -692,66 +679,177 @@ def embed(
             f'pca must be in [1, {features}] (the features of {encoder.model_name}), '
             f'got {pca}'
         )
-    height, width = grid.out_shape
-    work_root = outputs[0]
-    workspace = _Workspace(
-        work_root.with_name(f'.{work_root.name}.partial'),
-        fingerprint,
-        (features, height, width),
-        len(chips),
-        resume,
+    first = raster or parquet
+    assert first is not None
+    workspace = Workspace(first.with_name(f'.{first.name}.partial'))
+    # The main process keeps or clears the workspace before any block is read
+    # or written; the others learn which blocks are done from it.
+    done = group.broadcast(
+        workspace.prepare(fingerprint, resume) if group.main else None
     )
-    resumed = sum(len(b) for b in batches[: workspace.done])
-    cells = size // p
+    todo = [block for block in blocks if block.name not in done]
+    mine = todo[group.rank :: group.world]
+    resumed = sum(len(block.chips) for block in blocks if block.name in done)
+    reader = _ChipReader(source, acquisitions, grid, size, remap.bands)
     bar = tqdm(
-        total=len(chips),
-        initial=resumed,
-        disable=not progress,
+        total=sum(len(block.chips) for block in mine),
+        disable=not progress or not group.main,
         unit='chip',
-        desc='embedding',
+        desc='embedding' if group.world == 1 else f'embedding (1 of {group.world})',
     )
     try:
-        for number in range(workspace.done, len(batches)):
-            batch = batches[number]
-            arrays, levels = _read_chips(
-                source, acquisitions, grid, batch, size, footprints
+        for block in mine:
+            data = _encode_block(
+                block,
+                reader,
+                encoder,
+                transforms,
+                features,
+                batch_size,
+                min_valid,
+                margin // p,
+                device,
+                bf16,
+                bar,
             )
-            valid = np.isfinite(arrays[:, used]).all(axis=1)
-            fraction = valid.reshape(len(batch), cells, p, cells, p).mean(axis=(2, 4))
-            keep = fraction >= min_valid
-            todo = [k for k in range(len(batch)) if keep[k].any()]
-            if todo:
-                maps = _encode(
-                    encoder,
-                    transforms,
-                    arrays[todo],
-                    [levels[k] for k in todo],
-                    device,
-                    bf16,
-                )
-                for k, fmap in zip(todo, maps, strict=True):
-                    _store(workspace, batch[k], fmap, keep[k], margin // p)
-            workspace.commit(number + 1)
-            bar.update(len(batch))
+            workspace.save(block, data)
     finally:
         bar.close()
         source.close()
-    empty = int((np.asarray(workspace.valid) == 0).sum())
+    group.barrier()
+    result = EmbeddingResult(raster, parquet, grid, chips, 0, resumed)
+    if not group.main:
+        return result  # the main process writes the outputs
+    empty = sum(int((workspace.valid(block) == 0).sum()) for block in blocks)
+    staging = workspace.folder / 'staging'
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     if raster is not None:
-        _write_cog(Path(raster), workspace, grid, provenance, pca, int8)
+        write_raster(
+            raster,
+            blocks,
+            workspace.load,
+            staging,
+            grid.crs,
+            grid.out_transform,
+            grid.out_shape,
+            features,
+            provenance,
+            pca,
+            int8,
+        )
     if parquet is not None:
-        _write_parquet(
-            Path(parquet), workspace, grid, chips, source, acquisitions, provenance
+        write_parquet(
+            parquet,
+            blocks,
+            workspace.load,
+            staging,
+            grid.crs,
+            grid.out_transform,
+            provenance,
         )
     shutil.rmtree(workspace.folder)
-    return EmbeddingResult(
-        Path(raster) if raster is not None else None,
-        Path(parquet) if parquet is not None else None,
-        grid,
-        len(chips),
-        empty,
-        resumed,
-    )
+    return replace(result, empty_chips=empty)
+
+
+class _ChipReader:
+    """Reads chips of the area: raw values, valid pixels, levels and scenes."""
+
+    def __init__(
+        self,
+        source: ModalitySource,
+        acquisitions: Sequence[Acquisition],
+        grid: EmbeddingGrid,
+        size: int,
+        used_bands: Sequence[str],
+    ) -> None:
+        self.source = source
+        self.acquisitions = acquisitions
+        self.grid = grid
+        self.size = size
+        self.used = [source.bands.index(b) for b in used_bands]
+        self.footprints = [
+            _in_crs(f, a.crs, grid.crs) for a in acquisitions for f in a.footprints
+        ]
+
+    def read(self, chips: Sequence[Chip]) -> tuple[np.ndarray, list[str | None]]:
+        """Raw chips (B, C, size, size) in source band order, NaN no-data; levels."""
+        return _read_chips(
+            self.source, self.acquisitions, self.grid, chips, self.size, self.footprints
+        )
+
+    def scenes(self, chip: Chip) -> tuple[str | None, str]:
+        """The ISO date of the first acquisition under a chip's centre, and its scenes."""
+        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
+        t = self.grid.out_transform
+        left, top = t * (c0, r0)
+        right, bottom = t * (c1, r1)
+        box = (left, bottom, right, top)
+        found = [
+            (a, name)
+            for a in self.acquisitions
+            for name, f in zip(a.scenes, a.footprints, strict=True)
+            if _overlaps(_in_crs(f, a.crs, self.grid.crs), box)
+        ]
+        first = found[0][0].date if found else None
+        names = ','.join(dict.fromkeys(name for _, name in found))
+        return (None if first is None else first.isoformat()), names
+
+
+def _encode_block(
+    block: Block,
+    reader: _ChipReader,
+    encoder: SceneEncoder,
+    transforms: torch.nn.Module,
+    features: int,
+    batch_size: int,
+    min_valid: float,
+    margin_cells: int,
+    device: torch.device,
+    bf16: bool,
+    bar: Any,
+) -> BlockData:
+    """Encode the chips of a block, batch by batch, and keep their centres."""
+    p = encoder.patch_size
+    cells = reader.size // p
+    height, width = block.shape
+    (b0, _), (d0, _) = block.out_rows, block.out_cols
+    out = np.full((features, height, width), np.nan, np.float32)
+    pooled = np.full((len(block.chips), features), np.nan, np.float32)
+    valid = np.zeros(len(block.chips), np.float32)
+    dates: list[str | None] = [None] * len(block.chips)
+    scenes = [''] * len(block.chips)
+    for start in range(0, len(block.chips), batch_size):
+        batch = block.chips[start : start + batch_size]
+        arrays, levels = reader.read(batch)
+        ok = np.isfinite(arrays[:, reader.used]).all(axis=1)
+        fraction = ok.reshape(len(batch), cells, p, cells, p).mean(axis=(2, 4))
+        keep = fraction >= min_valid
+        todo = [k for k in range(len(batch)) if keep[k].any()]
+        if todo:
+            maps = _encode(
+                encoder,
+                transforms,
+                arrays[todo],
+                [levels[k] for k in todo],
+                device,
+                bf16,
+            )
+            for k, fmap in zip(todo, maps, strict=True):
+                chip = batch[k]
+                (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
+                m = margin_cells
+                core = fmap[:, m : m + r1 - r0, m : m + c1 - c0]
+                mask = keep[k][m : m + r1 - r0, m : m + c1 - c0]
+                core = np.where(mask[None], core, np.float32(np.nan))
+                out[:, r0 - b0 : r1 - b0, c0 - d0 : c1 - d0] = core
+                index = start + k
+                valid[index] = mask.mean()
+                if mask.any():
+                    pooled[index] = core[:, mask].mean(axis=1)
+                    dates[index], scenes[index] = reader.scenes(chip)
+        bar.update(len(batch))
+    return BlockData(out, pooled, valid, dates, scenes)
 
 
 def _encode(
@@ -774,218 +872,6 @@ def _encode(
             out = encoder.forward_features(image)
     result: np.ndarray = out.float().cpu().numpy()
     return result
-
-
-def _store(
-    workspace: _Workspace,
-    chip: _Chip,
-    fmap: np.ndarray,
-    keep: np.ndarray,
-    margin_cells: int,
-) -> None:
-    """Write the centre of one chip's feature map and its pooled embedding."""
-    r0, r1 = chip.out_rows
-    c0, c1 = chip.out_cols
-    core = fmap[
-        :, margin_cells : margin_cells + r1 - r0, margin_cells : margin_cells + c1 - c0
-    ]
-    mask = keep[
-        margin_cells : margin_cells + r1 - r0, margin_cells : margin_cells + c1 - c0
-    ]
-    core = np.where(mask[None], core, np.float32(np.nan))
-    workspace.features[:, r0:r1, c0:c1] = core
-    workspace.valid[chip.index] = mask.mean()
-    if mask.any():
-        workspace.pooled[chip.index] = core[:, mask].mean(axis=1)
-
-
-_BLOCK = 256
-
-
-def _blocks(height: int) -> list[tuple[int, int]]:
-    """(first row, number of rows) of the row blocks of a raster."""
-    return [(row, min(_BLOCK, height - row)) for row in range(0, height, _BLOCK)]
-
-
-def _pca(
-    features: np.ndarray, components: int
-) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Mean, (components, D) axes and explained variance ratios of valid pixels.
-
-    Fitted on at most 65 536 valid pixels drawn with a fixed seed, so that a run
-    and its resumption write the same file.
-    """
-    count, height, width = features.shape
-    if not 1 <= components <= count:
-        raise ValueError(
-            f'pca must be in [1, {count}] (the features), got {components}'
-        )
-    valid = np.concatenate(
-        [
-            np.flatnonzero(np.isfinite(features[0, row : row + rows]).ravel())
-            + row * width
-            for row, rows in _blocks(height)
-        ]
-    )
-    if len(valid) == 0:
-        raise ValueError('the area has no valid embedding to fit the PCA on')
-    rng = np.random.default_rng(0)
-    chosen = np.sort(rng.choice(valid, min(len(valid), 65536), replace=False))
-    sample = np.asarray(features.reshape(count, -1)[:, chosen], np.float64).T
-    mean = sample.mean(axis=0)
-    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
-    variance = singular**2
-    ratio = (variance[:components] / variance.sum()).tolist()
-    return mean, axes[:components], ratio
-
-
-def _write_cog(
-    path: Path,
-    workspace: _Workspace,
-    grid: EmbeddingGrid,
-    provenance: dict[str, Any],
-    pca: int | None,
-    int8: bool,
-) -> None:
-    """Write the features (or their PCA) as a COG, through a tiled GeoTIFF."""
-    features, height, width = workspace.features.shape
-    tags = dict(provenance)
-    project = None
-    if pca is not None:
-        mean, axes, ratio = _pca(workspace.features, pca)
-        tags['pca'] = {'components': pca, 'explained_variance_ratio': ratio}
-
-        def project(block: np.ndarray) -> np.ndarray:
-            flat = block.reshape(features, -1).T.astype(np.float64)
-            out: np.ndarray = ((flat - mean) @ axes.T).T.astype(np.float32)
-            return out.reshape(len(axes), *block.shape[1:])
-
-    def values(row: int, rows: int) -> np.ndarray:
-        block = np.asarray(workspace.features[:, row : row + rows])
-        return project(block) if project is not None else block
-
-    count = pca or features
-    scales, offsets = [1.0] * count, [0.0] * count
-    if int8:
-        # Per band: value = offset + scale * q, q in [-127, 127]; -128 is no-data.
-        low = np.full(count, np.inf)
-        high = np.full(count, -np.inf)
-        for row, rows in _blocks(height):
-            block = values(row, rows)
-            if np.isfinite(block).any():
-                low = np.fmin(low, np.nanmin(block, axis=(1, 2)))
-                high = np.fmax(high, np.nanmax(block, axis=(1, 2)))
-        low = np.where(np.isfinite(low), low, 0.0)
-        high = np.where(np.isfinite(high), high, 0.0)
-        scales = (np.maximum(high - low, 1e-12) / 254).tolist()
-        offsets = ((high + low) / 2).tolist()
-        tags['int8'] = (
-            'value = offset + scale * q per band (GDAL scale/offset); -128 no-data'
-        )
-    # Tiles no larger than the raster (multiples of 16, as TIFF requires): a
-    # padded 256 x 256 tile of every band costs more than the data itself.
-    tile = min(_BLOCK, 16 * math.ceil(max(height, width) / 16))
-    profile = {
-        'driver': 'GTiff',
-        'dtype': 'int8' if int8 else 'float32',
-        'count': count,
-        'height': height,
-        'width': width,
-        'crs': grid.crs,
-        'transform': grid.out_transform,
-        'nodata': -128 if int8 else float('nan'),
-        'tiled': True,
-        'blockxsize': tile,
-        'blockysize': tile,
-        'BIGTIFF': 'IF_SAFER',
-    }
-    name = 'pca' if pca is not None else 'embedding'
-    staged = workspace.folder / 'features.tif'
-    with rasterio.open(staged, 'w', **profile) as dst:
-        dst.update_tags(TORCHGEO_MMEARTH=json.dumps(tags, sort_keys=True))
-        dst.descriptions = tuple(f'{name}_{i:04d}' for i in range(count))
-        if int8:
-            dst.scales, dst.offsets = tuple(scales), tuple(offsets)
-        for row, rows in _blocks(height):
-            block = values(row, rows)
-            if int8:
-                scale = np.array(scales, np.float64)[:, None, None]
-                offset = np.array(offsets, np.float64)[:, None, None]
-                q = np.rint((block - offset) / scale)
-                block = np.where(np.isfinite(block), np.clip(q, -127, 127), -128)
-                block = block.astype(np.int8)
-            dst.write(block, window=Window(0, row, width, rows))
-    predictor = 'STANDARD' if int8 else 'FLOATING_POINT'
-    with atomic_path(path) as temporary:
-        rasterio.shutil.copy(
-            staged,
-            temporary,
-            driver='COG',
-            COMPRESS='DEFLATE',
-            PREDICTOR=predictor,
-            BLOCKSIZE=tile,
-            OVERVIEW_RESAMPLING='NEAREST' if int8 else 'AVERAGE',
-            BIGTIFF='IF_SAFER',
-        )
-
-
-def _write_parquet(
-    path: Path,
-    workspace: _Workspace,
-    grid: EmbeddingGrid,
-    chips: Sequence[_Chip],
-    source: ModalitySource,
-    acquisitions: Sequence[Acquisition],
-    provenance: dict[str, Any],
-) -> None:
-    """One row per chip centre with valid embeddings, as GeoParquet."""
-    import geopandas as gpd  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq
-    import shapely  # type: ignore[import-untyped]
-
-    rows: dict[str, list[Any]] = {
-        name: [] for name in ('chip', 'row', 'col', 'date', 'scenes', 'valid_fraction')
-    }
-    vectors, geometries = [], []
-    t = grid.out_transform
-    for chip in chips:
-        fraction = float(workspace.valid[chip.index])
-        if fraction == 0:
-            continue
-        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
-        left, top = t * (c0, r0)
-        right, bottom = t * (c1, r1)
-        box = (left, bottom, right, top)
-        found = [
-            (a, name)
-            for a in acquisitions
-            for name, f in zip(a.scenes, a.footprints, strict=True)
-            if _overlaps(_in_crs(f, a.crs, grid.crs), box)
-        ]
-        rows['chip'].append(chip.index)
-        rows['row'].append(r0)
-        rows['col'].append(c0)
-        rows['date'].append(found[0][0].date if found else None)
-        rows['scenes'].append(','.join(dict.fromkeys(name for _, name in found)))
-        rows['valid_fraction'].append(fraction)
-        vectors.append(np.asarray(workspace.pooled[chip.index], dtype=np.float32))
-        geometries.append(shapely.box(*box))
-    frame = gpd.GeoDataFrame(
-        {
-            **rows,
-            'weights': provenance['weights'],
-            'model': provenance['model'],
-            'embedding': vectors,
-        },
-        geometry=geometries,
-        crs=grid.crs,
-    )
-    with atomic_path(path) as temporary:
-        frame.to_parquet(temporary)
-        table = pq.read_table(temporary)
-        metadata = dict(table.schema.metadata or {})
-        metadata[b'torchgeo_mmearth'] = json.dumps(provenance, sort_keys=True).encode()
-        pq.write_table(table.replace_schema_metadata(metadata), temporary)
 
 
 def _in_crs(

@@ -1,0 +1,427 @@
+"""The outputs of an embedding run, assembled block by block from its workspace.
+
+The raster is written tile by tile, one GeoTIFF per block, joined by a VRT:
+either copied from that VRT into one Cloud-Optimized GeoTIFF, or kept as a VRT
+over Cloud-Optimized tiles (``emb.vrt`` and ``emb_tiles/``) for areas too big for
+one file. The GeoParquet is written one row group per block. Every pass holds one
+block in memory, so memory is bounded by the block size, not by the area.
+
+The GeoParquet follows the column conventions of the embedding products that
+TorchGeo reads (``torchgeo.datasets.ClayEmbeddings``, ``MajorTOMEmbeddings``,
+``EarthEmbeddings``): ``embedding``, ``geometry``, ``date`` and ``timestamp``,
+``centre_lon`` and ``centre_lat``.
+"""
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.warp import transform as warp_points
+
+from .._atomic import atomic_path
+from .blocks import Block, BlockData
+
+__all__ = ('tiles_folder', 'write_parquet', 'write_raster')
+
+#: Side of the internal tiles of the GeoTIFFs, and of the row bands read at once.
+_TILE = 256
+#: Valid pixels the PCA is fitted on, at most.
+_PCA_SAMPLE = 65536
+
+Load = Callable[[Block], BlockData]
+
+
+def tiles_folder(vrt: Path) -> Path:
+    """The folder of the tiles of a VRT output: ``emb_tiles/`` for ``emb.vrt``.
+
+    Args:
+        vrt: the VRT.
+
+    Returns:
+        The folder.
+    """
+    return vrt.with_name(f'{vrt.stem}_tiles')
+
+
+class _Bands:
+    """The values written per band: the features, or their PCA, maybe as int8."""
+
+    def __init__(
+        self,
+        blocks: Sequence[Block],
+        load: Load,
+        features: int,
+        pca: int | None,
+        int8: bool,
+    ) -> None:
+        self.features = features
+        self.count = pca or features
+        self.tags: dict[str, Any] = {}
+        self.mean: np.ndarray | None = None
+        self.axes: np.ndarray | None = None
+        if pca is not None:
+            self.mean, self.axes, ratio = _pca(blocks, load, features, pca)
+            self.tags['pca'] = {'components': pca, 'explained_variance_ratio': ratio}
+        self.scales, self.offsets = [1.0] * self.count, [0.0] * self.count
+        self.int8 = int8
+        if int8:
+            # Per band: value = offset + scale * q, q in [-127, 127]; -128 no-data.
+            low = np.full(self.count, np.inf)
+            high = np.full(self.count, -np.inf)
+            for block in blocks:
+                values = self.values(load(block))
+                if np.isfinite(values).any():
+                    low = np.fmin(low, np.nanmin(values, axis=(1, 2)))
+                    high = np.fmax(high, np.nanmax(values, axis=(1, 2)))
+            low = np.where(np.isfinite(low), low, 0.0)
+            high = np.where(np.isfinite(high), high, 0.0)
+            self.scales = (np.maximum(high - low, 1e-12) / 254).tolist()
+            self.offsets = ((high + low) / 2).tolist()
+            self.tags['int8'] = (
+                'value = offset + scale * q per band (GDAL scale/offset); -128 no-data'
+            )
+        self.name = 'pca' if pca is not None else 'embedding'
+        self.dtype = 'int8' if int8 else 'float32'
+        self.nodata = -128 if int8 else float('nan')
+
+    def values(self, data: BlockData) -> np.ndarray:
+        """The block's values before quantisation: (count, height, width)."""
+        block = data.features
+        if self.axes is None or self.mean is None:
+            return block
+        flat = block.reshape(self.features, -1).T.astype(np.float64)
+        out: np.ndarray = ((flat - self.mean) @ self.axes.T).T.astype(np.float32)
+        return out.reshape(len(self.axes), *block.shape[1:])
+
+    def written(self, data: BlockData) -> np.ndarray:
+        """The block's values as stored in the raster."""
+        values = self.values(data)
+        if not self.int8:
+            return values
+        scale = np.array(self.scales, np.float64)[:, None, None]
+        offset = np.array(self.offsets, np.float64)[:, None, None]
+        q = np.rint((values - offset) / scale)
+        return np.where(np.isfinite(values), np.clip(q, -127, 127), -128).astype(
+            np.int8
+        )
+
+    @property
+    def descriptions(self) -> tuple[str, ...]:
+        """The band descriptions."""
+        return tuple(f'{self.name}_{i:04d}' for i in range(self.count))
+
+
+def _pca(
+    blocks: Sequence[Block], load: Load, features: int, components: int
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Mean, (components, D) axes and explained variance ratios of valid pixels.
+
+    Fitted on at most 65 536 valid pixels of the whole area drawn with a fixed
+    seed, read block by block, so that every run over the same blocks writes the
+    same file.
+    """
+    counts = [int(np.isfinite(load(block).features[0]).sum()) for block in blocks]
+    total = sum(counts)
+    if total == 0:
+        raise ValueError('the area has no valid embedding to fit the PCA on')
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(total, min(total, _PCA_SAMPLE), replace=False))
+    starts = np.cumsum([0, *counts])
+    parts = []
+    for k, block in enumerate(blocks):
+        picked = chosen[(chosen >= starts[k]) & (chosen < starts[k + 1])] - starts[k]
+        if len(picked) == 0:
+            continue
+        flat = load(block).features.reshape(features, -1)
+        valid = np.flatnonzero(np.isfinite(flat[0]))
+        parts.append(np.asarray(flat[:, valid[picked]], np.float64).T)
+    sample = np.concatenate(parts)
+    mean = sample.mean(axis=0)
+    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    variance = singular**2
+    ratio = (variance[:components] / variance.sum()).tolist()
+    return mean, axes[:components], ratio
+
+
+def _profile(
+    bands: _Bands, crs: Any, transform: Any, shape: tuple[int, int]
+) -> dict[str, Any]:
+    height, width = shape
+    # Tiles no larger than the raster (multiples of 16, as TIFF requires): a
+    # padded 256 x 256 tile of every band costs more than the data itself.
+    tile = min(_TILE, 16 * math.ceil(max(height, width) / 16))
+    return {
+        'driver': 'GTiff',
+        'dtype': bands.dtype,
+        'count': bands.count,
+        'height': height,
+        'width': width,
+        'crs': crs,
+        'transform': transform,
+        'nodata': bands.nodata,
+        'tiled': True,
+        'blockxsize': tile,
+        'blockysize': tile,
+        'BIGTIFF': 'IF_SAFER',
+    }
+
+
+def _cog(source: Path, target: Path, bands: _Bands, tile: int) -> None:
+    """Copy *source* (a GeoTIFF or VRT) into the COG *target*, atomically."""
+    with atomic_path(target) as temporary:
+        rasterio.shutil.copy(
+            source,
+            temporary,
+            driver='COG',
+            COMPRESS='DEFLATE',
+            PREDICTOR='STANDARD' if bands.int8 else 'FLOATING_POINT',
+            BLOCKSIZE=tile,
+            OVERVIEW_RESAMPLING='NEAREST' if bands.int8 else 'AVERAGE',
+            BIGTIFF='IF_SAFER',
+        )
+
+
+def write_raster(
+    path: Path,
+    blocks: Sequence[Block],
+    load: Load,
+    staging: Path,
+    crs: Any,
+    transform: Any,
+    shape: tuple[int, int],
+    features: int,
+    provenance: dict[str, Any],
+    pca: int | None,
+    int8: bool,
+) -> None:
+    """Write the embedding raster: a COG, or a VRT over COG tiles (``.vrt``).
+
+    Args:
+        path: the raster to write; a ``.vrt`` gets its tiles in
+            :func:`tiles_folder`.
+        blocks: the blocks of the area, all finished.
+        load: reads a block's data.
+        staging: an empty folder for the intermediate files.
+        crs: CRS of the output grid.
+        transform: affine transform of the output grid.
+        shape: (height, width) of the output grid.
+        features: D, the features per pixel.
+        provenance: the ``TORCHGEO_MMEARTH`` tag.
+        pca: components to write instead of the features, or None.
+        int8: quantise to int8 with a scale and offset per band.
+    """
+    bands = _Bands(blocks, load, features, pca, int8)
+    tags = json.dumps({**provenance, **bands.tags}, sort_keys=True)
+    tiles: list[tuple[Block, Path]] = []
+    for block in blocks:
+        data = load(block)
+        if not np.isfinite(data.features[0]).any():
+            continue  # no tile: the VRT reads no-data there
+        (r0, _), (c0, _) = block.out_rows, block.out_cols
+        tile = staging / f'{block.name}.tif'
+        profile = _profile(
+            bands, crs, transform * transform.translation(c0, r0), block.shape
+        )
+        with rasterio.open(tile, 'w', **profile) as dst:
+            dst.update_tags(TORCHGEO_MMEARTH=tags)
+            dst.descriptions = bands.descriptions
+            if int8:
+                dst.scales, dst.offsets = tuple(bands.scales), tuple(bands.offsets)
+            dst.write(bands.written(data))
+        tiles.append((block, tile))
+    cog_tile = _profile(bands, crs, transform, shape)['blockxsize']
+    if path.suffix.lower() != '.vrt':
+        vrt = staging / 'area.vrt'
+        vrt.write_text(_vrt(tiles, bands, crs, transform, shape, tags, staging))
+        _cog(vrt, path, bands, cog_tile)
+        return
+    folder = tiles_folder(path)
+    partial = folder.with_name(f'.{folder.name}.partial')
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    final = []
+    for block, tile in tiles:
+        size = _profile(bands, crs, transform, block.shape)['blockxsize']
+        _cog(tile, partial / tile.name, bands, size)
+        final.append((block, folder / tile.name))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    with atomic_path(path) as temporary:
+        temporary.write_text(
+            _vrt(final, bands, crs, transform, shape, tags, path.parent)
+        )
+
+
+def _vrt(
+    tiles: Sequence[tuple[Block, Path]],
+    bands: _Bands,
+    crs: Any,
+    transform: Any,
+    shape: tuple[int, int],
+    tags: str,
+    base: Path,
+) -> str:
+    """A VRT placing each block's tile at its offset (paths relative to *base*)."""
+    height, width = shape
+    data_type = {'float32': 'Float32', 'int8': 'Int8'}[bands.dtype]
+    geotransform = ', '.join(repr(float(v)) for v in transform.to_gdal())
+    lines = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>',
+        f'  <GeoTransform>{geotransform}</GeoTransform>',
+        '  <Metadata>',
+        f'    <MDI key="TORCHGEO_MMEARTH">{escape(tags)}</MDI>',
+        '  </Metadata>',
+    ]
+    for number, description in enumerate(bands.descriptions):
+        lines += [
+            f'  <VRTRasterBand dataType="{data_type}" band="{number + 1}">',
+            f'    <Description>{description}</Description>',
+            f'    <NoDataValue>{bands.nodata}</NoDataValue>',
+        ]
+        if bands.int8:
+            lines += [
+                f'    <Offset>{bands.offsets[number]!r}</Offset>',
+                f'    <Scale>{bands.scales[number]!r}</Scale>',
+            ]
+        for block, tile in tiles:
+            height_, width_ = block.shape
+            (r0, _), (c0, _) = block.out_rows, block.out_cols
+            lines.append(
+                f"""\
+    <SimpleSource>
+      <SourceFilename relativeToVRT="1">{escape(tile.relative_to(base).as_posix())}\
+</SourceFilename>
+      <SourceBand>{number + 1}</SourceBand>
+      <SrcRect xOff="0" yOff="0" xSize="{width_}" ySize="{height_}"/>
+      <DstRect xOff="{c0}" yOff="{r0}" xSize="{width_}" ySize="{height_}"/>
+    </SimpleSource>"""
+            )
+        lines.append('  </VRTRasterBand>')
+    lines.append('</VRTDataset>')
+    return '\n'.join(lines) + '\n'
+
+
+def write_parquet(
+    path: Path,
+    blocks: Sequence[Block],
+    load: Load,
+    staging: Path,
+    crs: Any,
+    transform: Any,
+    provenance: dict[str, Any],
+) -> None:
+    """One GeoParquet row per chip centre with valid embeddings, a row group per block.
+
+    Args:
+        path: the GeoParquet to write.
+        blocks: the blocks of the area, all finished.
+        load: reads a block's data.
+        staging: a folder for the intermediate files.
+        crs: CRS of the output grid (and of the geometries).
+        transform: affine transform of the output grid.
+        provenance: the ``torchgeo_mmearth`` schema metadata.
+    """
+    import pyarrow.parquet as pq
+
+    part = staging / 'part.parquet'
+    writer: pq.ParquetWriter | None = None
+    geo: dict[str, Any] = {}
+    types: set[str] = set()
+    bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+    with atomic_path(path) as temporary:
+        try:
+            for block in blocks:
+                frame = _frame(block, load(block), crs, transform, provenance)
+                if frame.empty and (writer is not None or block is not blocks[-1]):
+                    continue  # an empty table only where there is no row at all
+                # geopandas encodes the geometries and describes them.
+                frame.to_parquet(part)
+                table = pq.read_table(part)
+                metadata = json.loads(table.schema.metadata[b'geo'])
+                types.update(metadata['columns']['geometry']['geometry_types'])
+                if not frame.empty:
+                    box = frame.total_bounds
+                    bounds = np.concatenate(
+                        [np.fmin(bounds[:2], box[:2]), np.fmax(bounds[2:], box[2:])]
+                    )
+                if writer is None:
+                    geo = metadata
+                    # Without the Arrow schema, the key-value metadata added at
+                    # the end is what readers see.
+                    writer = pq.ParquetWriter(
+                        temporary, table.schema, store_schema=False
+                    )
+                writer.write_table(table)
+            assert writer is not None
+            # The metadata of all rows: their bounding box and geometry types.
+            geometry = geo['columns']['geometry']
+            geometry['geometry_types'] = sorted(types)
+            if np.isfinite(bounds).all():
+                geometry['bbox'] = bounds.tolist()
+            else:
+                geometry.pop('bbox', None)
+            writer.add_key_value_metadata(
+                {
+                    'geo': json.dumps(geo),
+                    'torchgeo_mmearth': json.dumps(provenance, sort_keys=True),
+                }
+            )
+        finally:
+            if writer is not None:
+                writer.close()
+    part.unlink(missing_ok=True)
+
+
+def _frame(
+    block: Block, data: BlockData, crs: Any, transform: Any, provenance: dict[str, Any]
+) -> Any:
+    """The GeoDataFrame of a block's chips with valid embeddings."""
+    import geopandas as gpd  # type: ignore[import-untyped]
+    import pandas as pd  # type: ignore[import-untyped]
+    import shapely  # type: ignore[import-untyped]
+
+    kept = [k for k in range(len(block.chips)) if data.valid[k] > 0]
+    chips = [block.chips[k] for k in kept]
+    boxes = []
+    for chip in chips:
+        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
+        left, top = transform * (c0, r0)
+        right, bottom = transform * (c1, r1)
+        boxes.append((left, bottom, right, top))
+    xs = [(b[0] + b[2]) / 2 for b in boxes]
+    ys = [(b[1] + b[3]) / 2 for b in boxes]
+    lon, lat = warp_points(crs, 'EPSG:4326', xs, ys) if boxes else ([], [])
+    dates = pd.to_datetime(
+        pd.Series([data.dates[k] for k in kept], dtype=object), format='ISO8601'
+    ).astype('datetime64[us]')
+    return gpd.GeoDataFrame(
+        {
+            'chip': pd.Series([c.index for c in chips], dtype='int64'),
+            'row': pd.Series([c.out_rows[0] for c in chips], dtype='int64'),
+            'col': pd.Series([c.out_cols[0] for c in chips], dtype='int64'),
+            'date': dates,
+            # The timestamp and centre of Major TOM's embedding tables.
+            'timestamp': dates,
+            'centre_lon': pd.Series(lon, dtype='float64'),
+            'centre_lat': pd.Series(lat, dtype='float64'),
+            'scenes': pd.Series([data.scenes[k] for k in kept], dtype=object),
+            'valid_fraction': pd.Series(
+                [float(data.valid[k]) for k in kept], dtype='float64'
+            ),
+            'weights': pd.Series([provenance['weights']] * len(kept), dtype=object),
+            'model': pd.Series([provenance['model']] * len(kept), dtype=object),
+            'embedding': pd.Series(
+                [np.asarray(data.pooled[k], np.float32) for k in kept], dtype=object
+            ),
+        },
+        geometry=[shapely.box(*b) for b in boxes],
+        crs=crs,
+    )
