@@ -124,7 +124,7 @@ def test_interrupted_run_says_how_to_continue(
     args = ['embed', str(PATCH), '--weights', str(weights_p8), '--raster', 'a.tif']
     assert main(args) == 130
     err = capsys.readouterr().err
-    assert 'finished batches are kept' in err
+    assert 'finished blocks are kept' in err
     assert f'To continue: torchgeo-mmearth embed {PATCH}' in err
 
 

@@ -32,8 +32,17 @@ examples:
   torchgeo-mmearth embed s2/ --dataset torchgeo.datasets.Sentinel2 \\
       --weights last.ckpt --parquet chips.parquet --device cuda --bf16
 
-An interrupted run continues when run again with the same arguments, and writes
-the same files as a run that was not interrupted.
+A --raster ending in .vrt writes a VRT over one COG per block in <name>_tiles/
+(for areas too big for one file). On many GPUs or nodes, run it under torchrun:
+each process embeds its share of the blocks on its GPU and the first writes the
+outputs, the same files as one process writes:
+  torchrun --nproc-per-node 4 -m torchgeo_mmearth embed scenes/ \
+      --weights MMEarthWeights.S2_MP_MAE --raster emb.vrt --parquet chips.parquet \
+      --device cuda --bf16
+
+An interrupted run keeps its finished blocks and continues when run again with
+the same arguments (with any number of processes), and writes the same files as
+a run that was not interrupted.
 """
 
 
@@ -103,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='valid fraction an output pixel needs (default: %(default)s)',
     )
     run.add_argument('--batch-size', type=int, default=16, help='chips per batch')
+    run.add_argument(
+        '--block-size',
+        type=int,
+        default=256,
+        help='side of a block in output pixels: the unit of work, resumption and '
+        'memory (default: %(default)s)',
+    )
     run.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ...')
     run.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     run.add_argument(
@@ -184,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0, 2 for a mistake (one ``error:`` line on stderr), 130
-        when interrupted (the finished batches are kept).
+        when interrupted (the finished blocks are kept).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -219,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             margin=args.margin,
             min_valid=args.min_valid,
             batch_size=args.batch_size,
+            block_size=args.block_size,
             device=args.device,
             bf16=args.bf16,
             pca=args.pca,
@@ -229,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return report_interrupted(
-            'the finished batches are kept', 'To continue', command_line('embed', argv)
+            'the finished blocks are kept', 'To continue', command_line('embed', argv)
         )
     except USER_ERRORS as error:
         return report_error(_in_command_line_terms(error))
