@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ A --raster ending in .vrt writes a VRT over one COG per block in <name>_tiles/
 (for areas too big for one file). On many GPUs or nodes, run it under torchrun:
 each process embeds its share of the blocks on its GPU and the first writes the
 outputs, the same files as one process writes:
-  torchrun --nproc-per-node 4 -m torchgeo_mmearth embed scenes/ \
+  torchrun --standalone --nproc-per-node 4 -m torchgeo_mmearth embed scenes/ \
       --weights MMEarthWeights.S2_MP_MAE --raster emb.vrt --parquet chips.parquet \
       --device cuda --bf16
 
@@ -250,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except USER_ERRORS as error:
         return report_error(_in_command_line_terms(error))
+    if os.environ.get('RANK', '0') != '0':
+        return 0  # under torchrun, the first process reports what it wrote
     written = [str(p) for p in (result.raster, result.parquet) if p is not None]
     print(
         f'{result.chips} chips ({result.empty_chips} without data) of '

@@ -239,7 +239,7 @@ def write_raster(
     cog_tile = _profile(bands, crs, transform, shape)['blockxsize']
     if path.suffix.lower() != '.vrt':
         vrt = staging / 'area.vrt'
-        vrt.write_text(_vrt(tiles, bands, crs, transform, shape, tags, staging))
+        _write_vrt(vrt, tiles, bands, crs, transform, shape, tags)
         _cog(vrt, path, bands, cog_tile)
         return
     folder = tiles_folder(path)
@@ -253,60 +253,60 @@ def write_raster(
         final.append((block, folder / tile.name))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    with atomic_path(path) as temporary:
-        temporary.write_text(
-            _vrt(final, bands, crs, transform, shape, tags, path.parent)
-        )
+    _write_vrt(path, final, bands, crs, transform, shape, tags)
 
 
-def _vrt(
+def _write_vrt(
+    path: Path,
     tiles: Sequence[tuple[Block, Path]],
     bands: _Bands,
     crs: Any,
     transform: Any,
     shape: tuple[int, int],
     tags: str,
-    base: Path,
-) -> str:
-    """A VRT placing each block's tile at its offset (paths relative to *base*)."""
+) -> None:
+    """A VRT placing each block's tile at its offset, written line by line.
+
+    A source per band and tile: written as it goes, not held as one string.
+    """
     height, width = shape
     data_type = {'float32': 'Float32', 'int8': 'Int8'}[bands.dtype]
     geotransform = ', '.join(repr(float(v)) for v in transform.to_gdal())
-    lines = [
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>',
-        f'  <GeoTransform>{geotransform}</GeoTransform>',
-        '  <Metadata>',
-        f'    <MDI key="TORCHGEO_MMEARTH">{escape(tags)}</MDI>',
-        '  </Metadata>',
-    ]
-    for number, description in enumerate(bands.descriptions):
-        lines += [
-            f'  <VRTRasterBand dataType="{data_type}" band="{number + 1}">',
-            f'    <Description>{description}</Description>',
-            f'    <NoDataValue>{bands.nodata}</NoDataValue>',
-        ]
-        if bands.int8:
-            lines += [
-                f'    <Offset>{bands.offsets[number]!r}</Offset>',
-                f'    <Scale>{bands.scales[number]!r}</Scale>',
-            ]
-        for block, tile in tiles:
-            height_, width_ = block.shape
-            (r0, _), (c0, _) = block.out_rows, block.out_cols
-            lines.append(
-                f"""\
-    <SimpleSource>
-      <SourceFilename relativeToVRT="1">{escape(tile.relative_to(base).as_posix())}\
-</SourceFilename>
-      <SourceBand>{number + 1}</SourceBand>
-      <SrcRect xOff="0" yOff="0" xSize="{width_}" ySize="{height_}"/>
-      <DstRect xOff="{c0}" yOff="{r0}" xSize="{width_}" ySize="{height_}"/>
-    </SimpleSource>"""
+    with atomic_path(path) as temporary, temporary.open('w') as vrt:
+        vrt.write(
+            f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
+            f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>\n'
+            f'  <GeoTransform>{geotransform}</GeoTransform>\n'
+            '  <Metadata>\n'
+            f'    <MDI key="TORCHGEO_MMEARTH">{escape(tags)}</MDI>\n'
+            '  </Metadata>\n'
+        )
+        for number, description in enumerate(bands.descriptions):
+            vrt.write(
+                f'  <VRTRasterBand dataType="{data_type}" band="{number + 1}">\n'
+                f'    <Description>{description}</Description>\n'
+                f'    <NoDataValue>{bands.nodata}</NoDataValue>\n'
             )
-        lines.append('  </VRTRasterBand>')
-    lines.append('</VRTDataset>')
-    return '\n'.join(lines) + '\n'
+            if bands.int8:
+                vrt.write(
+                    f'    <Offset>{bands.offsets[number]!r}</Offset>\n'
+                    f'    <Scale>{bands.scales[number]!r}</Scale>\n'
+                )
+            for block, tile in tiles:
+                rows, cols = block.shape
+                (r0, _), (c0, _) = block.out_rows, block.out_cols
+                name = escape(tile.relative_to(path.parent).as_posix())
+                vrt.write(
+                    '    <SimpleSource>\n'
+                    f'      <SourceFilename relativeToVRT="1">{name}</SourceFilename>\n'
+                    f'      <SourceBand>{number + 1}</SourceBand>\n'
+                    f'      <SrcRect xOff="0" yOff="0" xSize="{cols}" ySize="{rows}"/>\n'
+                    f'      <DstRect xOff="{c0}" yOff="{r0}" xSize="{cols}" '
+                    f'ySize="{rows}"/>\n'
+                    '    </SimpleSource>\n'
+                )
+            vrt.write('  </VRTRasterBand>\n')
+        vrt.write('</VRTDataset>\n')
 
 
 def write_parquet(
