@@ -208,3 +208,24 @@ def test_vrt_of_cog_tiles(
     with pytest.raises(FileExistsError, match='emb_tiles'):
         (tmp_path / 'emb.vrt').unlink()
         embed(scene, encoder_p8, vrt, progress=False, **options)  # type: ignore[arg-type]
+
+
+def embed_in_fabric(
+    fabric: object, scene: Path, weights: Path, raster: Path, parquet: Path
+) -> None:
+    """What each process of a Lightning Fabric run does (picklable for spawn)."""
+    torch.set_num_threads(1)
+    embed(scene, weights, raster, parquet, progress=False, **OPTIONS)  # type: ignore[arg-type]
+
+
+def test_lightning_fabric_processes(
+    scene: Path, weights_p8: Path, one_process: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """In the process group of a Lightning Fabric run, embed shares the blocks."""
+    from lightning.fabric import Fabric
+
+    raster, parquet = tmp_path / 'emb.tif', tmp_path / 'emb.parquet'
+    fabric = Fabric(accelerator='cpu', devices=2, strategy='ddp_spawn')
+    fabric.launch(embed_in_fabric, scene, weights_p8, raster, parquet)
+    assert raster.read_bytes() == one_process[0].read_bytes()
+    assert parquet.read_bytes() == one_process[1].read_bytes()
