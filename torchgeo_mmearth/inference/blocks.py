@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from .._atomic import atomic_path
 
@@ -42,6 +43,20 @@ class Chip:
     col: int
     out_rows: tuple[int, int]
     out_cols: tuple[int, int]
+
+    def bounds(self, transform: Affine) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of the kept centre.
+
+        Args:
+            transform: the affine transform of the output grid.
+
+        Returns:
+            The bounds, in the grid's CRS.
+        """
+        (r0, r1), (c0, c1) = self.out_rows, self.out_cols
+        left, top = transform * (c0, r0)
+        right, bottom = transform * (c1, r1)
+        return (left, bottom, right, top)
 
 
 @dataclass(frozen=True)

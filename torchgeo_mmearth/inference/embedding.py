@@ -780,11 +780,7 @@ class _ChipReader:
 
     def scenes(self, chip: Chip) -> tuple[str | None, str]:
         """The ISO date of the first acquisition under a chip's centre, and its scenes."""
-        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
-        t = self.grid.out_transform
-        left, top = t * (c0, r0)
-        right, bottom = t * (c1, r1)
-        box = (left, bottom, right, top)
+        box = chip.bounds(self.grid.out_transform)
         found = [
             (a, name)
             for a in self.acquisitions

@@ -390,12 +390,7 @@ def _frame(
 
     kept = [k for k in range(len(block.chips)) if data.valid[k] > 0]
     chips = [block.chips[k] for k in kept]
-    boxes = []
-    for chip in chips:
-        (r0, r1), (c0, c1) = chip.out_rows, chip.out_cols
-        left, top = transform * (c0, r0)
-        right, bottom = transform * (c1, r1)
-        boxes.append((left, bottom, right, top))
+    boxes = [chip.bounds(transform) for chip in chips]
     xs = [(b[0] + b[2]) / 2 for b in boxes]
     ys = [(b[1] + b[3]) / 2 for b in boxes]
     lon, lat = warp_points(crs, 'EPSG:4326', xs, ys) if boxes else ([], [])
