@@ -62,6 +62,19 @@ def test_embed(
         f'error: {raster} exists; add --overwrite to replace it\n'
     )
     assert main([*args, '--overwrite']) == 0
+    # A VRT's tiles are an output too.
+    vrt = tmp_path / 'emb.vrt'
+    (tmp_path / 'emb_tiles').mkdir()
+    renamed = {str(raster): str(vrt), str(parquet): str(tmp_path / 'vrt.parquet')}
+    vrt_args = [renamed.get(arg, arg) for arg in args]
+    assert main(vrt_args) == 2
+    assert capsys.readouterr().err == (
+        f'error: {tmp_path / "emb_tiles"} exists; add --overwrite to replace it\n'
+    )
+    assert main([*vrt_args, '--overwrite']) == 0
+    assert [p.name for p in (tmp_path / 'emb_tiles').iterdir()] == [
+        'block_0000_0000.tif'
+    ]
 
 
 def test_dataset_class_path(
