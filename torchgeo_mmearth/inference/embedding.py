@@ -18,7 +18,8 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -778,6 +779,22 @@ class _ChipReader:
             self.source, self.acquisitions, self.grid, chips, self.size, self.footprints
         )
 
+    def prefetched(
+        self, batches: Sequence[Sequence[Chip]]
+    ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        """:meth:`read` of each batch, the next one read while this one is used.
+
+        GDAL and PyTorch release the GIL: reading (one thread, so one reader of
+        the files at a time) overlaps encoding.
+        """
+        with ThreadPoolExecutor(1) as pool:
+            pending = [pool.submit(self.read, batch) for batch in batches[:1]]
+            for n in range(len(batches)):
+                result = pending.pop().result()
+                if n + 1 < len(batches):
+                    pending.append(pool.submit(self.read, batches[n + 1]))
+                yield result
+
     def scenes(self, chip: Chip) -> tuple[str | None, str]:
         """The ISO date of the first acquisition under a chip's centre, and its scenes."""
         box = chip.bounds(self.grid.out_transform)
@@ -815,9 +832,11 @@ def _encode_block(
     valid = np.zeros(len(block.chips), np.float32)
     dates: list[str | None] = [None] * len(block.chips)
     scenes = [''] * len(block.chips)
-    for start in range(0, len(block.chips), batch_size):
-        batch = block.chips[start : start + batch_size]
-        arrays, levels = reader.read(batch)
+    starts = range(0, len(block.chips), batch_size)
+    batches = [block.chips[start : start + batch_size] for start in starts]
+    for start, batch, (arrays, levels) in zip(
+        starts, batches, reader.prefetched(batches), strict=True
+    ):
         ok = np.isfinite(arrays[:, reader.used]).all(axis=1)
         fraction = ok.reshape(len(batch), cells, p, cells, p).mean(axis=(2, 4))
         keep = fraction >= min_valid
