@@ -11,6 +11,13 @@ TorchGeo can read (all but lat, lon and month), 2 DataLoader workers, batches of
   written by ``torchgeo-mmearth shard``, for each compression measured (none and
   zstd levels); for each, the conversion time and the bytes on disk.
 
+TorchGeo normalises in its workers; our loaders return the stored values, which the
+datamodules normalise on the device (``on_after_batch_transfer``). So each of ours is
+measured twice, as in ``bench_mmearth_loader.py``: as is (the figure for a trainer
+that normalises on a GPU) and "+ CPU norm", with ``MMEarthNormalize`` run on the CPU
+in the main process (the figure for a CPU-only trainer). Both are compared with
+TorchGeo's reader in the same run.
+
 Each loader is timed over ``--batches`` batches after one warm-up batch (worker
 start-up and the first chunk reads excluded), interleaved, median of
 ``--repeats`` runs. CPU ms per sample counts the main process and its workers
@@ -27,8 +34,9 @@ import os
 import shutil
 import statistics
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from bench_mmearth_loader import measure
@@ -42,6 +50,27 @@ from torchgeo_mmearth.datamodules import MMEarthDataModule, MMEarthStreamingData
 from torchgeo_mmearth.modalities import MODALITIES
 
 COMPRESSIONS = (None, 'zstd:1', 'zstd:3', 'zstd:9')
+
+#: What ``measure`` returns: samples/s and CPU ms per sample (None without /proc).
+Result = tuple[float, float | None]
+
+
+def median(runs: list[Result]) -> Result:
+    """The median samples/s and CPU ms per sample of repeated runs of one loader.
+
+    Args:
+        runs: the results of ``measure``, one per run.
+
+    Returns:
+        The medians; the CPU time is None if any run lacks it.
+    """
+    cpus = [cpu for _, cpu in runs]
+    return (
+        statistics.median(rate for rate, _ in runs),
+        statistics.median(c for c in cpus if c is not None)
+        if all(c is not None for c in cpus)
+        else None,
+    )
 
 
 def main() -> None:
@@ -78,7 +107,7 @@ def main() -> None:
         for path in out.rglob('*.bin'):
             path.read_bytes()
 
-    def torchgeo() -> tuple[float, float | None]:
+    def torchgeo() -> Result:
         loader = DataLoader(
             TorchGeoMMEarth(args.root, subset='MMEarth64'),
             batch_size=args.batch_size,
@@ -87,7 +116,14 @@ def main() -> None:
         )
         return measure(loader, args.batches, args.batch_size)
 
-    def hdf5() -> tuple[float, float | None]:
+    def ours(
+        dm: MMEarthDataModule | MMEarthStreamingDataModule, normalize: bool
+    ) -> Result:
+        dm.setup('fit')
+        hook = dm.normalizer if normalize else None
+        return measure(dm.train_dataloader(), args.batches, args.batch_size, hook)
+
+    def hdf5(normalize: bool) -> Result:
         dm = MMEarthDataModule(
             root=str(args.root),
             subset='MMEarth64',
@@ -95,10 +131,9 @@ def main() -> None:
             batch_size=args.batch_size,
             num_workers=args.workers,
         )
-        dm.setup('fit')
-        return measure(dm.train_dataloader(), args.batches, args.batch_size)
+        return ours(dm, normalize)
 
-    def shards(compression: str | None) -> tuple[float, float | None]:
+    def shards(compression: str | None, normalize: bool) -> Result:
         cache = work / 'cache'
         shutil.rmtree(cache, ignore_errors=True)
         dm = MMEarthStreamingDataModule(
@@ -108,44 +143,68 @@ def main() -> None:
             num_workers=args.workers,
             cache_dir=str(cache),
         )
-        dm.setup('fit')
-        return measure(dm.train_dataloader(), args.batches, args.batch_size)
+        return ours(dm, normalize)
 
-    readers: list[tuple[str, Any]] = [('TorchGeo MMEarth (HDF5)', torchgeo)]
-    readers.append(('ours, MMEarthDataModule (HDF5)', hdf5))
-    for compression in COMPRESSIONS:
+    # (label, bytes on disk, as is, + CPU norm); TorchGeo normalises in its workers.
+    readers: list[tuple[str, int, Callable[[], Result], Callable[[], Result] | None]]
+    readers = [('TorchGeo MMEarth (HDF5)', h5.stat().st_size, torchgeo, None)]
+    readers.append(
+        (
+            'ours, MMEarthDataModule (HDF5)',
+            h5.stat().st_size,
+            partial(hdf5, False),
+            partial(hdf5, True),
+        )
+    )
+    for compression, report in conversions:
         readers.append(
             (
                 f'ours, MMEarthStreamingDataModule (shards, {compression or "none"})',
-                lambda c=compression: shards(c),
+                report.shard_bytes,
+                partial(shards, compression, False),
+                partial(shards, compression, True),
             )
         )
-    rounds = [[run() for _, run in readers] for _ in range(args.repeats)]
-    results = [
-        (
-            statistics.median(r[0] for r in runs),
-            statistics.median(r[1] for r in runs)
-            if all(r[1] is not None for r in runs)
-            else None,
-        )
-        for runs in zip(*rounds, strict=True)
+    # Interleaved rounds, so that load from other processes hits all alike.
+    rounds = [
+        [(raw(), norm() if norm is not None else None) for _, _, raw, norm in readers]
+        for _ in range(args.repeats)
     ]
+
+    results = []
+    for runs in zip(*rounds, strict=True):
+        norms = [norm for _, norm in runs if norm is not None]
+        results.append(
+            (median([raw for raw, _ in runs]), median(norms) if norms else None)
+        )
 
     tiles = sum(conversions[0][1].tiles.values())
     print(
         f'synthetic MMEarth64 layout, {tiles} tiles of 64 px, {len(modalities)} '
         f'modalities, batch {args.batch_size}, {args.workers} workers, '
         f'{args.batches} batches, median of {args.repeats}; torch {torch.__version__}, '
-        f'{os.cpu_count()} CPUs'
+        f'{torch.get_num_threads()} threads, {os.cpu_count()} CPUs'
     )
     print()
-    print('| reader | samples/s | CPU ms/sample | bytes on disk |')
-    print('|---|---|---|---|')
-    sizes = [h5.stat().st_size, h5.stat().st_size]
-    sizes += [report.shard_bytes for _, report in conversions]
-    for (label, _), (rate, cpu), size in zip(readers, results, sizes, strict=True):
-        cpu_text = f'{cpu:.3f}' if cpu is not None else 'n/a'
-        print(f'| {label} | {rate:.0f} | {cpu_text} | {size:,} |')
+    print(
+        '| reader | samples/s | vs TorchGeo | + CPU norm: samples/s | vs TorchGeo '
+        '| CPU ms/sample | TorchGeo / ours | + CPU norm: CPU ms/sample '
+        '| TorchGeo / ours | bytes on disk |'
+    )
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    base_rate, base_cpu = results[0][0]
+    for (label, size, _, _), (raw, normalized) in zip(readers, results, strict=True):
+        cells = []
+        for rate, cpu in (raw, normalized or raw):
+            cells.append(f'{rate:.0f} | {rate / base_rate:.1f}x')
+            if cpu is None or base_cpu is None:
+                cells.append('n/a | n/a')
+            else:
+                cells.append(f'{cpu:.3f} | {base_cpu / cpu:.1f}x')
+        if normalized is None:  # TorchGeo: its figures already include normalisation
+            cells[2] = cells[3] = 'same | 1.0x'
+        rates, cpus = cells[0::2], cells[1::2]  # as is, + CPU norm
+        print(f'| {label} | {" | ".join(rates + cpus)} | {size:,} |')
     print()
     print('| compression | bytes on disk | vs HDF5 | conversion s |')
     print('|---|---|---|---|')

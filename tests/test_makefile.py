@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[1]
-MAKE_VARIABLES = {'MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 'MAKEOVERRIDES'}
 
 
 def fit_line(target: str, tmp_path: Path) -> str:
@@ -18,9 +17,9 @@ def fit_line(target: str, tmp_path: Path) -> str:
     python = tmp_path / 'python3.13'
     python.write_text('#!/bin/sh\nexit 0\n')
     python.chmod(0o755)
-    # Run under `make test-latest`, the outer make's variables (VENV, DEMO_DIR)
-    # reach this make through MAKEFLAGS; the line asked about is a user's own.
-    env = {key: value for key, value in os.environ.items() if key not in MAKE_VARIABLES}
+    # A user's shell, not the environment of this run: under `make test-latest`
+    # the outer make's variables (DEMO_DIR, VENV, MAKEFLAGS) are in os.environ.
+    env = {key: os.environ[key] for key in ('PATH', 'HOME') if key in os.environ}
     result = subprocess.run(
         ['make', '-n', '--no-print-directory', target],
         cwd=REPO,
