@@ -210,19 +210,27 @@ class Workspace:
         return {path.stem for path in self.blocks.glob('block_*.json')}
 
     def save(self, block: Block, data: BlockData) -> None:
-        """Save a finished block: its arrays, then its record.
+        """Save a finished block: its features, its chips' arrays, then its record.
+
+        The features go to a ``.npy`` file of their own, which :meth:`load` maps
+        rather than reads: a pass that needs one band, or none, reads no more.
 
         Args:
             block: the block.
             data: what it holds.
         """
         with (
-            atomic_path(self.blocks / f'{block.name}.npz') as temporary,
+            atomic_path(self._path(block, '.features.npy')) as temporary,
             temporary.open('wb') as file,
         ):
-            np.savez(file, features=data.features, pooled=data.pooled, valid=data.valid)
+            np.save(file, data.features)
+        with (
+            atomic_path(self._path(block, '.npz')) as temporary,
+            temporary.open('wb') as file,
+        ):
+            np.savez(file, pooled=data.pooled, valid=data.valid)
         record = {'dates': data.dates, 'scenes': data.scenes}
-        with atomic_path(self.blocks / f'{block.name}.json') as temporary:
+        with atomic_path(self._path(block, '.json')) as temporary:
             temporary.write_text(json.dumps(record))
 
     def valid(self, block: Block) -> np.ndarray:
@@ -234,12 +242,12 @@ class Workspace:
         Returns:
             (chips,) fractions.
         """
-        with np.load(self.blocks / f'{block.name}.npz') as arrays:
+        with np.load(self._path(block, '.npz')) as arrays:
             valid: np.ndarray = arrays['valid']
             return valid
 
     def load(self, block: Block) -> BlockData:
-        """A finished block's data.
+        """A finished block's data, its features memory-mapped (read-only).
 
         Args:
             block: the block.
@@ -247,12 +255,16 @@ class Workspace:
         Returns:
             What it holds.
         """
-        record = json.loads((self.blocks / f'{block.name}.json').read_text())
-        with np.load(self.blocks / f'{block.name}.npz') as arrays:
+        record = json.loads(self._path(block, '.json').read_text())
+        features = np.load(self._path(block, '.features.npy'), mmap_mode='r')
+        with np.load(self._path(block, '.npz')) as arrays:
             return BlockData(
-                arrays['features'],
+                features,
                 arrays['pooled'],
                 arrays['valid'],
                 record['dates'],
                 record['scenes'],
             )
+
+    def _path(self, block: Block, suffix: str) -> Path:
+        return self.blocks / f'{block.name}{suffix}'

@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports (torch, rasterio, timm) only once the arguments are parsed.
     from .embedding import embed
-    from .writers import tiles_folder
+    from .writers import output_paths
 
     inputs: Any = args.inputs
     bands = args.bands
@@ -215,12 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.raster is None and args.parquet is None:
             raise CommandLineError('give --raster, --parquet or both')
-        outputs = [args.raster, args.parquet]
-        if args.raster is not None and args.raster.suffix.lower() == '.vrt':
-            outputs.append(tiles_folder(args.raster))
-        for output in outputs:
-            if output is not None:
-                check_new_output(output, args.overwrite)
+        for output in output_paths(args.raster, args.parquet):
+            check_new_output(output, args.overwrite)
         fill = _fill(args.fill)
         if args.dataset:
             inputs, bands = _dataset(args.dataset, args.inputs, args.bands), None

@@ -50,7 +50,7 @@ from ..transforms import BandRemap, MMEarthS2Normalize
 from .blocks import Block, BlockData, Chip, Workspace, layout
 from .distributed import Processes, processes
 from .encoder import SceneEncoder, load_encoder
-from .writers import tiles_folder, write_parquet, write_raster
+from .writers import output_paths, write_parquet, write_raster
 
 __all__ = ['EmbeddingGrid', 'EmbeddingResult', 'area_grid', 'embed', 'sentinel2_source']
 
@@ -548,10 +548,9 @@ def embed(
     """
     if raster is None and parquet is None:
         raise ValueError('nothing to write: pass raster=, parquet= or both')
-    outputs = [Path(p) for p in (raster, parquet) if p is not None]
-    if raster is not None and Path(raster).suffix.lower() == '.vrt':
-        outputs.append(tiles_folder(Path(raster)))
-    existing = [str(p) for p in outputs if p.exists()]
+    raster = None if raster is None else Path(raster)
+    parquet = None if parquet is None else Path(parquet)
+    existing = [str(p) for p in output_paths(raster, parquet) if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f'{existing} exist; pass overwrite=True to replace them')
     if not 0 < min_valid <= 1:
@@ -566,8 +565,8 @@ def embed(
             group,
             inputs,
             weights,
-            None if raster is None else Path(raster),
-            None if parquet is None else Path(parquet),
+            raster,
+            parquet,
             bands=bands,
             fill=fill,
             level=level,

@@ -28,7 +28,7 @@ from rasterio.warp import transform as warp_points
 from .._atomic import atomic_path
 from .blocks import Block, BlockData
 
-__all__ = ('tiles_folder', 'write_parquet', 'write_raster')
+__all__ = ('output_paths', 'tiles_folder', 'write_parquet', 'write_raster')
 
 #: Side of the internal tiles of the GeoTIFFs, and of the row bands read at once.
 _TILE = 256
@@ -48,6 +48,22 @@ def tiles_folder(vrt: Path) -> Path:
         The folder.
     """
     return vrt.with_name(f'{vrt.stem}_tiles')
+
+
+def output_paths(raster: Path | None, parquet: Path | None) -> list[Path]:
+    """What a run writes: the raster (and a VRT's tiles folder), the GeoParquet.
+
+    Args:
+        raster: the raster to write, or None.
+        parquet: the GeoParquet to write, or None.
+
+    Returns:
+        The paths.
+    """
+    paths = [p for p in (raster, parquet) if p is not None]
+    if raster is not None and raster.suffix.lower() == '.vrt':
+        paths.append(tiles_folder(raster))
+    return paths
 
 
 class _Bands:
