@@ -24,7 +24,14 @@ Three tables in one run, every ratio against a baseline measured in the same run
    scene size, beside what one float32 array of the area's features (D x H/P x W/P x
    4 bytes) would take: the run holds a block (``--block-size``), not the area, so
    the peak RSS stays flat while that array grows. Scenes beyond ``--size`` are VRTs
-   repeating the ``--size`` scene (nothing big is written as input).
+   repeating the ``--size`` scene (nothing big is written as input). The output is
+   one COG, or with ``--memory-vrt`` a VRT over a COG per block. ``--memory-limit
+   GIB`` runs each process in a cgroup v1 memory group of that size (root, Linux):
+   an area whose one float32 array is larger than the limit shows that it is never
+   held. ``--memory-stand-in FEATURES`` replaces the encoder by one strided
+   convolution to that many features: the same reading, blocks and writers at a
+   fraction of the compute, so that such an area takes minutes, not hours, on a CPU
+   (memory figures only; the time is not an encoder's).
 
 Every row gives km^2/s (10 m pixels) and chips/s.
 
@@ -53,7 +60,12 @@ flags; table 2 then needs 2 GPUs)::
 
 Sizes: ``--size`` (tables 1 and 2), ``--memory-sizes`` (table 3; a 16384 px scene
 keeps about 11 GB of features on disk in the run's temporary folder), ``--skip`` to
-leave tables out.
+leave tables out. An area larger than a memory limit on a CPU, as a VRT of tiles, with
+the stand-in (about 8 minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/bench_embed.py --threads 2 --skip embed processes \
+        --memory-sizes 1024 4096 8192 --memory-batch-size 2 --block-size 128 \
+        --memory-stand-in 2048 --memory-vrt --memory-limit 2.5
 """
 
 import argparse
@@ -71,58 +83,17 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import geopandas as gpd  # type: ignore[import-untyped]
-import numpy as np
 import rasterio
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.inference.conftest import export_file, write_stack
+from tests.inference.conftest import MEASURE_EMBED, export_file, tiled_scene
 from torchgeo_mmearth.inference import SceneEncoder, embed, load_encoder
 from torchgeo_mmearth.inference import blocks as _blocks
 from torchgeo_mmearth.inference import embedding as _embedding
 from torchgeo_mmearth.inference.blocks import layout
-
-#: What a process of table 3 runs: embed, then on stdout a JSON line with its peak
-#: RSS (KiB, Linux), embed's seconds, its chips and the peak CUDA memory (bytes).
-#: With an empty scene it only loads the encoder: the floor of the others' RSS.
-_MEASURE = """
-import json, resource, sys, time
-import torch
-from torchgeo_mmearth.inference import embed, load_encoder
-args = json.loads(sys.argv[1])
-scene, weights = args.pop('scene'), args.pop('weights')
-start = time.perf_counter()
-if scene:
-    chips = embed(scene, weights, args.pop('raster'), progress=False, **args).chips
-else:
-    encoder = load_encoder(weights, args['device'])
-    with torch.inference_mode():
-        encoder.forward_features(torch.zeros(1, 12, 64, 64, device=args['device']))
-    chips = 0
-seconds = time.perf_counter() - start
-cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({'rss': rss, 'seconds': seconds, 'chips': chips, 'cuda': cuda}))
-"""
-
-
-def tile(folder: Path, size: int) -> Path:
-    """The real patch tiled (and mirrored) into a ``size`` x ``size`` GeoTIFF."""
-    stack = write_stack(folder / 'patch.tif')
-    with rasterio.open(stack) as src:
-        patch, profile, descriptions = src.read(), src.profile, src.descriptions
-    row = np.concatenate([patch, patch[:, :, ::-1]], axis=2)
-    block = np.concatenate([row, row[:, ::-1]], axis=1)  # 240 x 240
-    reps = -(-size // block.shape[1])
-    scene = np.tile(block, (1, reps, reps))[:, :size, :size]
-    profile.update(width=size, height=size, tiled=True, blockxsize=256, blockysize=256)
-    path = folder / f'S2A_MSIL2A_20170613T101031_{size}.tif'
-    with rasterio.open(path, 'w', **profile) as dst:
-        dst.write(scene)
-        dst.descriptions = descriptions
-    return path
 
 
 def repeated(source: Path, times: int) -> Path:
@@ -492,7 +463,7 @@ def table_processes(
 def measure(
     options: dict[str, object], args: argparse.Namespace
 ) -> tuple[dict[str, float] | str, float]:
-    """Run :data:`_MEASURE` in a fresh process: what it printed, and its seconds.
+    """Run ``MEASURE_EMBED`` in a fresh process: what it printed, and its seconds.
 
     Args:
         options: the arguments of embed (``scene`` empty: load the encoder only).
@@ -505,8 +476,9 @@ def measure(
     start = time.perf_counter()
     with _memory_group(args.memory_limit) as join:
         done = subprocess.run(
-            [sys.executable, '-c', _MEASURE, json.dumps(options)],
+            [sys.executable, '-c', MEASURE_EMBED, json.dumps(options)],
             check=False,
+            cwd=REPO,
             capture_output=True,
             text=True,
             env={
@@ -527,8 +499,17 @@ def table_memory(
 ) -> None:
     """Table 3: peak RSS as the area grows, optionally under a memory limit."""
     encoder = load_encoder(weights, 'cpu')
-    features, p = encoder.num_features, encoder.patch_size
+    features, p = args.memory_stand_in or encoder.num_features, encoder.patch_size
     batch = args.memory_batch_size or args.batch_size
+    model = 'the random atto'
+    if args.memory_stand_in:
+        model = (
+            f'a stand-in encoder (one {p} x {p} convolution of stride {p} to '
+            f'{features} features: the pipeline at a fraction of the compute, '
+            'memory figures only)'
+        )
+    suffix = '.vrt' if args.memory_vrt else '.tif'
+    output = 'a VRT over one COG per block' if args.memory_vrt else 'a COG'
     limit = ''
     if args.memory_limit:
         limit = (
@@ -542,17 +523,18 @@ def table_memory(
         'device': args.device,
         'bf16': args.bf16,
         'overwrite': True,
+        'stand_in': args.memory_stand_in,
     }
     floor, _ = measure({**common, 'scene': ''}, args)
     floor_text = floor if isinstance(floor, str) else human(floor['rss'] * 1024)
     cuda = args.device.startswith('cuda')
     print(
-        f'\nblock size {args.block_size} output px, batch {batch}; patch size {p}, '
-        f'{features} features{limit}. Each row is a fresh process (embed of the whole '
-        'scene to a COG, no GeoParquet); scenes beyond --size are VRTs repeating the '
-        f'--size scene. Peak RSS of a process that only imports torch and the package '
-        f'and loads the encoder: {floor_text}. s: embed alone (the process: with '
-        'start-up).\n'
+        f'\n{model}; block size {args.block_size} output px, batch {batch}; patch size '
+        f'{p}, {features} features{limit}. Each row is a fresh process (embed of the '
+        f'whole scene to {output}, no GeoParquet); scenes beyond --size are VRTs '
+        'repeating the --size scene. Peak RSS of a process that only imports torch '
+        f'and the package and loads the encoder: {floor_text}. s: embed alone (the '
+        'process: with start-up and loading the encoder).\n'
         '\n| scene px | km^2 | chips | one float32 array of the area | peak RSS '
         + ('| peak CUDA memory ' if cuda else '')
         + '| s (process s) | chips/s | km^2/s |\n|---|---|---|---|---|'
@@ -564,7 +546,7 @@ def table_memory(
     for size in args.memory_sizes:
         options: dict[str, object] = {
             **common,
-            'raster': str(folder / f'memory_{size}.tif'),
+            'raster': str(folder / f'memory_{size}{suffix}'),
         }
         if size <= side:
             options['scene'] = str(base)
@@ -655,6 +637,19 @@ def main() -> None:
         help='run table 3 in a cgroup v1 memory group of this size (root, Linux)',
     )
     parser.add_argument(
+        '--memory-stand-in',
+        type=int,
+        metavar='FEATURES',
+        help='table 3 with a stand-in encoder: one strided convolution to this many '
+        'features (an area whose float32 features exceed --memory-limit in minutes '
+        'on a CPU; memory only)',
+    )
+    parser.add_argument(
+        '--memory-vrt',
+        action='store_true',
+        help='table 3 writes a VRT over one COG per block (default: one COG)',
+    )
+    parser.add_argument(
         '--skip', nargs='*', default=[], choices=('embed', 'processes', 'memory')
     )
     args = parser.parse_args()
@@ -662,7 +657,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        scene = tile(folder, args.size)
+        scene = tiled_scene(folder, args.size)
         weights = {p: export_file(folder / f'atto_p{p}.pth', p) for p in (8, 16)}
         device = (
             torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'

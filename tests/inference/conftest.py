@@ -51,6 +51,55 @@ def export_file(path: Path, patch_size: int, seed: int = 0) -> Path:
     return path
 
 
+def stand_in_encoder(weights: Path, features: int, device: str = 'cpu') -> SceneEncoder:
+    """The bands and patch size of *weights*, one strided convolution as the model.
+
+    A ``P x P`` convolution of stride ``P`` to *features* channels: embed's reading,
+    blocks and writers around a wide output at a fraction of an encoder's compute,
+    for memory measurements (its embeddings mean nothing).
+    """
+    encoder = load_encoder(weights, device)
+    p = encoder.patch_size
+    model = torch.nn.Conv2d(len(encoder.bands), features, p, p).to(device).eval()
+    model.forward_features, model.num_features = model.forward, features
+    return SceneEncoder(model, 'stand-in', 'conv', encoder.bands, p)
+
+
+#: A fresh process (run from the repository root) that embeds and prints a JSON line:
+#: its peak RSS (KiB, Linux), embed's seconds, its chips and the peak CUDA memory
+#: (bytes). ``argv[1]``: JSON of embed's keyword arguments and ``scene``, ``raster``,
+#: ``weights`` and ``stand_in`` (features of :func:`stand_in_encoder`, or 0 for the
+#: weights' encoder). With an empty scene it only loads the encoder and runs it once
+#: on a small input: the floor of the others' RSS.
+MEASURE_EMBED = """
+import json, sys, time
+import torch
+from torchgeo_mmearth.inference import embed, load_encoder
+from tests.inference.conftest import stand_in_encoder
+args = json.loads(sys.argv[1])
+scene, weights, features = args.pop('scene'), args.pop('weights'), args.pop('stand_in')
+device = args.get('device', 'cpu')
+if features:
+    encoder = stand_in_encoder(weights, features, device)
+else:
+    encoder = load_encoder(weights, device)
+start = time.perf_counter()
+if scene:
+    chips = embed(scene, encoder, args.pop('raster'), progress=False, **args).chips
+else:
+    with torch.inference_mode():
+        encoder.forward_features(torch.zeros(1, 12, 64, 64, device=device))
+    chips = 0
+seconds = time.perf_counter() - start
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
+# VmHWM, the peak of this process's own memory: Linux carries the parent's peak
+# RSS across fork and exec into ru_maxrss.
+with open('/proc/self/status') as status:
+    rss = next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))
+print(json.dumps({'rss': rss, 'seconds': seconds, 'chips': chips, 'cuda': cuda}))
+"""
+
+
 @pytest.fixture(scope='session')
 def weights_p8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_file(tmp_path_factory.mktemp('weights') / 'atto_p8.pth', 8)
@@ -93,6 +142,27 @@ def write_stack(
     with rasterio.open(path, 'w', **profile) as dst:
         dst.write(stack)
         dst.descriptions = order
+    return path
+
+
+def tiled_scene(folder: Path, size: int) -> Path:
+    """The stack of :func:`write_stack` tiled (and mirrored) into a *size* px GeoTIFF.
+
+    Mirrored at every other tile, so that no edge is a seam; named as a scene of
+    the patch's date.
+    """
+    stack = write_stack(folder / 'patch.tif')
+    with rasterio.open(stack) as src:
+        patch, profile, descriptions = src.read(), src.profile, src.descriptions
+    row = np.concatenate([patch, patch[:, :, ::-1]], axis=2)
+    block = np.concatenate([row, row[:, ::-1]], axis=1)  # 240 x 240
+    reps = -(-size // block.shape[1])
+    scene = np.tile(block, (1, reps, reps))[:, :size, :size]
+    profile.update(width=size, height=size, tiled=True, blockxsize=256, blockysize=256)
+    path = folder / f'S2A_MSIL2A_20170613T101031_{size}.tif'
+    with rasterio.open(path, 'w', **profile) as dst:
+        dst.write(scene)
+        dst.descriptions = descriptions
     return path
 
 

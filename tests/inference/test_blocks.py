@@ -1,5 +1,6 @@
 """Embedding in blocks: several processes, resumption, VRT tiles, TorchGeo's readers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,11 @@ import pytest
 import rasterio
 import torch
 
+from tests.conftest import launch_spawned
 from torchgeo_mmearth.inference import SceneEncoder, embed
 from torchgeo_mmearth.inference.blocks import layout
 
-from .conftest import write_stack
+from .conftest import MEASURE_EMBED, tiled_scene
 
 #: Small chips and one chip centre (3 output pixels) per block: many blocks.
 OPTIONS: dict[str, object] = {
@@ -37,19 +39,7 @@ def read(path: Path) -> np.ndarray:
 @pytest.fixture(scope='module')
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real 120 x 120 px patch, mirrored into a 240 x 240 px scene."""
-    folder = tmp_path_factory.mktemp('scene')
-    stack = write_stack(folder / 'patch.tif')
-    with rasterio.open(stack) as src:
-        patch, profile, descriptions = src.read(), src.profile, src.descriptions
-    row = np.concatenate([patch, patch[:, :, ::-1]], axis=2)
-    tiled = np.concatenate([row, row[:, ::-1]], axis=1)
-    profile.update(width=240, height=240)
-    path = folder / 'S2A_MSIL2A_20170613T101031_scene.tif'
-    with rasterio.open(path, 'w', **profile) as dst:
-        dst.write(tiled)
-        dst.descriptions = descriptions
-    stack.unlink()
-    return path
+    return tiled_scene(tmp_path_factory.mktemp('scene'), 240)
 
 
 @pytest.fixture(scope='module')
@@ -215,7 +205,8 @@ def embed_in_fabric(
 ) -> None:
     """What each process of a Lightning Fabric run does (picklable for spawn)."""
     torch.set_num_threads(1)
-    embed(scene, weights, raster, parquet, progress=False, **OPTIONS)  # type: ignore[arg-type]
+    # overwrite: a second launch (launch_spawned) replaces what the first wrote
+    embed(scene, weights, raster, parquet, progress=False, overwrite=True, **OPTIONS)  # type: ignore[arg-type]
 
 
 def test_lightning_fabric_processes(
@@ -225,7 +216,66 @@ def test_lightning_fabric_processes(
     from lightning.fabric import Fabric
 
     raster, parquet = tmp_path / 'emb.tif', tmp_path / 'emb.parquet'
-    fabric = Fabric(accelerator='cpu', devices=2, strategy='ddp_spawn')
-    fabric.launch(embed_in_fabric, scene, weights_p8, raster, parquet)
+
+    def launch() -> None:
+        fabric = Fabric(accelerator='cpu', devices=2, strategy='ddp_spawn')
+        fabric.launch(embed_in_fabric, scene, weights_p8, raster, parquet)
+
+    launch_spawned(launch)
     assert raster.read_bytes() == one_process[0].read_bytes()
     assert parquet.read_bytes() == one_process[1].read_bytes()
+
+
+def peak_rss(options: dict[str, object]) -> int:
+    """Peak RSS (KiB) of a fresh process running embed with *options*.
+
+    GDAL's block cache of the input is limited to 16 MB: it keeps the blocks it
+    read up to ``GDAL_CACHEMAX`` (5 % of the RAM by default), bounded by that
+    setting, not by the area, but over this test's areas it would grow with them.
+    """
+    done = subprocess.run(
+        [sys.executable, '-c', MEASURE_EMBED, json.dumps(options)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        # what a user's shell has, not what earlier tests set in this process
+        env={
+            'PATH': os.environ['PATH'],
+            'HOME': os.environ['HOME'],
+            'OMP_NUM_THREADS': '2',
+            'GDAL_CACHEMAX': '16',
+        },
+    )
+    rss: int = json.loads(done.stdout.splitlines()[-1])['rss']
+    return rss
+
+
+@pytest.mark.slow
+def test_peak_memory_follows_the_block_not_the_area(
+    weights_p8: Path, tmp_path: Path
+) -> None:
+    """9 times the area: its float32 features grow by 256 MiB, peak RSS by little.
+
+    A stand-in encoder of 2048 features makes the features of a 1536 px scene 288
+    MiB in one float32 array, against 32 MiB at 512 px; blocks of 32 output pixels
+    hold 8 MiB; the raster is a VRT over COG tiles. (``benchmarks/bench_embed.py``
+    measures areas larger than a memory limit, and the single COG.)
+    """
+    peaks = {}
+    for size in (512, 1536):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        scene = tiled_scene(folder, size)
+        peaks[size] = peak_rss(
+            {
+                'scene': str(scene),
+                'weights': str(weights_p8),
+                'stand_in': 2048,
+                'raster': str(folder / 'emb.vrt'),
+                'block_size': 32,
+                'batch_size': 2,
+            }
+        )
+    grown = 288 - 32  # MiB of one float32 array of the area's features
+    assert (peaks[1536] - peaks[512]) / 1024 < grown / 8, peaks

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from matplotlib.figure import Figure
 from torch.utils.data import default_collate
 
-from tests.conftest import figure_panels
+from tests.conftest import figure_panels, launch_spawned
 from tests.models.conftest import official_checkpoint
 from torchgeo_mmearth._compat import ClassificationTask, SemanticSegmentationTask
 from torchgeo_mmearth.datamodules import MMEarthDataModule, MMEarthStreamingDataModule
@@ -935,17 +935,21 @@ class TestCheckpoints:
 @pytest.mark.slow
 def test_distributed_pretraining(mmearth_root: Path, tmp_path: Path) -> None:
     """Two gloo processes, each with a DataLoader worker and its own HDF5 handle."""
-    callback = ModelCheckpoint(dirpath=tmp_path / 'ckpt', save_last=True)
-    run = trainer(
-        tmp_path,
-        devices=2,
-        strategy=lightning.pytorch.strategies.DDPStrategy(
-            start_method='spawn', process_group_backend='gloo'
-        ),
-        limit_train_batches=2,
-        callbacks=[callback],
-    )
-    run.fit(small_task(), datamodule(mmearth_root, num_workers=1))
+
+    def fit() -> None:
+        callback = ModelCheckpoint(dirpath=tmp_path / 'ckpt', save_last=True)
+        run = trainer(
+            tmp_path,
+            devices=2,
+            strategy=lightning.pytorch.strategies.DDPStrategy(
+                start_method='spawn', process_group_backend='gloo'
+            ),
+            limit_train_batches=2,
+            callbacks=[callback],
+        )
+        run.fit(small_task(), datamodule(mmearth_root, num_workers=1))
+
+    launch_spawned(fit)
     checkpoint = torch.load(tmp_path / 'ckpt' / 'last.ckpt', weights_only=True)
     # 6 training tiles: 3 per rank, so one full batch of 2 per rank and epoch.
     assert checkpoint['global_step'] == 1

@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 import rasterio.shutil
+import rasterio.windows
 from rasterio.warp import transform as warp_points
 
 from .._atomic import atomic_path
@@ -190,7 +191,13 @@ def _profile(
 
 
 def _cog(source: Path, target: Path, bands: _Bands, tile: int) -> None:
-    """Copy *source* (a GeoTIFF or VRT) into the COG *target*, atomically."""
+    """Copy the GeoTIFF *source* into the COG *target*, atomically.
+
+    From one GeoTIFF, not a VRT of block files: GDAL keeps up to 100 of a VRT's
+    files open, each with a decompressed tile of all bands, so that the copy's
+    memory grew with the area (measured: 6.1 GB peak RSS for 81 blocks of 320
+    features, 1.25 GiB in all, against 1.9 GB from one GeoTIFF).
+    """
     with atomic_path(target) as temporary:
         rasterio.shutil.copy(
             source,
@@ -235,37 +242,45 @@ def write_raster(
     """
     bands = _Bands(blocks, load, features, pca, int8)
     tags = json.dumps({**provenance, **bands.tags}, sort_keys=True)
-    tiles: list[tuple[Block, Path]] = []
-    for block in blocks:
-        data = load(block)
-        if not np.isfinite(data.features[0]).any():
-            continue  # no tile: the VRT reads no-data there
-        (r0, _), (c0, _) = block.out_rows, block.out_cols
-        tile = staging / f'{block.name}.tif'
-        profile = _profile(
-            bands, crs, transform * transform.translation(c0, r0), block.shape
-        )
-        with rasterio.open(tile, 'w', **profile) as dst:
-            dst.update_tags(TORCHGEO_MMEARTH=tags)
-            dst.descriptions = bands.descriptions
-            if int8:
-                dst.scales, dst.offsets = tuple(bands.scales), tuple(bands.offsets)
-            dst.write(bands.written(data))
-        tiles.append((block, tile))
-    cog_tile = _profile(bands, crs, transform, shape)['blockxsize']
+
+    def tiff(file: Path, shape: tuple[int, int], offset: tuple[int, int]) -> Any:
+        """A GeoTIFF of the grid's window at *offset* (rows, cols), opened to write."""
+        r0, c0 = offset
+        window_transform = transform * transform.translation(c0, r0)
+        dst = rasterio.open(file, 'w', **_profile(bands, crs, window_transform, shape))
+        dst.update_tags(TORCHGEO_MMEARTH=tags)
+        dst.descriptions = bands.descriptions
+        if int8:
+            dst.scales, dst.offsets = tuple(bands.scales), tuple(bands.offsets)
+        return dst
+
     if path.suffix.lower() != '.vrt':
-        vrt = staging / 'area.vrt'
-        _write_vrt(vrt, tiles, bands, crs, transform, shape, tags)
-        _cog(vrt, path, bands, cog_tile)
+        # One GeoTIFF of the area, written block by block, then copied (see _cog).
+        area = staging / 'area.tif'
+        with tiff(area, shape, (0, 0)) as dst:
+            for block in blocks:
+                (r0, _), (c0, _) = block.out_rows, block.out_cols
+                height, width = block.shape
+                window = rasterio.windows.Window(c0, r0, width, height)
+                dst.write(bands.written(load(block)), window=window)
+        _cog(area, path, bands, _profile(bands, crs, transform, shape)['blockxsize'])
         return
     folder = tiles_folder(path)
     partial = folder.with_name(f'.{folder.name}.partial')
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     final = []
-    for block, tile in tiles:
+    for block in blocks:
+        data = load(block)
+        if not np.isfinite(data.features[0]).any():
+            continue  # no tile: the VRT reads no-data there
+        (r0, _), (c0, _) = block.out_rows, block.out_cols
+        tile = staging / f'{block.name}.tif'
+        with tiff(tile, block.shape, (r0, c0)) as dst:
+            dst.write(bands.written(data))
         size = _profile(bands, crs, transform, block.shape)['blockxsize']
         _cog(tile, partial / tile.name, bands, size)
+        tile.unlink()
         final.append((block, folder / tile.name))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
