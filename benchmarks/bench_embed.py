@@ -22,8 +22,9 @@ Three tables in one run, every ratio against a baseline measured in the same run
    GeoParquets is printed.
 3. **memory**: peak RSS (and on CUDA peak GPU memory) of embed in a fresh process per
    scene size, beside what one float32 array of the area's features (D x H/P x W/P x
-   4 bytes) would take: the run holds a block (``--block-size``), not the area, so
-   the peak RSS stays flat while that array grows. Scenes beyond ``--size`` are VRTs
+   4 bytes) would take: the run holds a block (``--block-size``) and, for one COG,
+   a 256 px tile of every band, not the area, so the peak RSS stays flat while that
+   array grows. Scenes beyond ``--size`` are VRTs
    repeating the ``--size`` scene (nothing big is written as input). The output is
    one COG, or with ``--memory-vrt`` a VRT over a COG per block. ``--memory-limit
    GIB`` runs each process in a cgroup v1 memory group of that size (root, Linux):
@@ -66,6 +67,12 @@ the stand-in (about 8 minutes on 2 cores)::
     .venv/bin/python benchmarks/bench_embed.py --threads 2 --skip embed processes \
         --memory-sizes 1024 4096 8192 --memory-batch-size 2 --block-size 128 \
         --memory-stand-in 2048 --memory-vrt --memory-limit 2.5
+
+and into one COG (about 8 minutes)::
+
+    .venv/bin/python benchmarks/bench_embed.py --threads 2 --skip embed processes \
+        --memory-sizes 4096 16384 --memory-batch-size 2 --block-size 128 \
+        --memory-stand-in 320 --memory-limit 2.5
 """
 
 import argparse

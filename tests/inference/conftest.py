@@ -9,6 +9,8 @@ from rasterio.enums import Resampling
 from torchgeo.datasets import RasterDataset
 
 from torchgeo_mmearth.inference import SceneEncoder, load_encoder
+from torchgeo_mmearth.inference.blocks import Block, BlockData, Workspace, layout
+from torchgeo_mmearth.inference.writers import write_raster
 from torchgeo_mmearth.modalities import SENTINEL2_INPUT_BANDS
 
 #: Real BigEarthNet Sentinel-2 patches (see tests/data/bigearthnet/README.md).
@@ -100,6 +102,21 @@ print(json.dumps({'rss': rss, 'seconds': seconds, 'chips': chips, 'cuda': cuda})
 """
 
 
+#: A fresh process (run from the repository root) that writes the COG of random
+#: features (:func:`saved_blocks`, blocks of 128 px) and prints its peak RSS (KiB,
+#: Linux). ``argv``: folder, side (px), features.
+MEASURE_WRITE_COG = """
+import sys
+from pathlib import Path
+from tests.inference.conftest import saved_blocks, write_cog
+folder, side, features = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+blocks, workspace = saved_blocks(folder / 'work', (side, side), features, 128)
+write_cog(folder / 'emb.tif', blocks, workspace, (side, side), False)
+with open('/proc/self/status') as status:
+    print(next(int(line.split()[1]) for line in status if line.startswith('VmHWM:')))
+"""
+
+
 @pytest.fixture(scope='session')
 def weights_p8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_file(tmp_path_factory.mktemp('weights') / 'atto_p8.pth', 8)
@@ -173,3 +190,62 @@ class Stack(RasterDataset):
     filename_regex = r'^S2A_MSIL2A_(?P<date>\d{8}T\d{6})_stack'
     date_format = '%Y%m%dT%H%M%S'
     all_bands = BIGEARTHNET_BANDS
+
+
+CRS = rasterio.crs.CRS.from_epsg(32633)
+TRANSFORM = rasterio.Affine(80, 0, 400000, 0, -80, 5400000)
+PROVENANCE = {'weights': 'w', 'model': 'm'}
+
+
+def saved_blocks(
+    folder: Path, shape: tuple[int, int], features: int, block_size: int
+) -> tuple[list[Block], Workspace]:
+    """Blocks of random features in a workspace, a few pixels and a block no-data."""
+    blocks = layout(shape, 8, 8 * block_size, 0, block_size)
+    workspace = Workspace(folder)
+    workspace.prepare({}, resume=False)
+    rng = np.random.default_rng(0)
+    for number, block in enumerate(blocks):
+        height, width = block.shape
+        data = rng.standard_normal((features, height, width), np.float32)
+        data[:, rng.random((height, width)) < 0.1] = np.nan
+        if number == 1:
+            data[:] = np.nan
+        n = len(block.chips)  # one: the chips are as large as the blocks
+        workspace.save(
+            block,
+            BlockData(
+                data,
+                rng.standard_normal((n, features), np.float32),
+                np.full(n, np.isfinite(data[0]).mean(), np.float32),
+                ['2017-06-13T10:10:31'] * n,
+                ['scene'] * n,
+            ),
+        )
+    return blocks, workspace
+
+
+def write_cog(
+    path: Path,
+    blocks: list[Block],
+    workspace: Workspace,
+    shape: tuple[int, int],
+    int8: bool,
+) -> None:
+    """Write the COG of *workspace*'s blocks, staged in ``staging/`` beside it."""
+    staging = path.with_name('staging')
+    staging.mkdir()
+    features = workspace.load(blocks[0]).features.shape[0]
+    write_raster(
+        path,
+        blocks,
+        workspace.load,
+        staging,
+        CRS,
+        TRANSFORM,
+        shape,
+        features,
+        PROVENANCE,
+        None,
+        int8,
+    )

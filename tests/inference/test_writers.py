@@ -1,7 +1,11 @@
 """The outputs of embed, read by TorchGeo's embedding datasets (TorchGeo 0.9+)."""
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import geopandas as gpd  # type: ignore[import-untyped]
@@ -9,16 +13,24 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import rasterio.shutil
 import shapely  # type: ignore[import-untyped]
 import torch
 import torchgeo.datasets
 from rasterio.warp import transform as warp_points
 
 from torchgeo_mmearth.inference import SceneEncoder, embed
-from torchgeo_mmearth.inference.blocks import BlockData, Workspace, layout
-from torchgeo_mmearth.inference.writers import write_parquet, write_raster
+from torchgeo_mmearth.inference.writers import write_parquet
 
-from .conftest import write_stack
+from .conftest import (
+    CRS,
+    MEASURE_WRITE_COG,
+    PROVENANCE,
+    TRANSFORM,
+    saved_blocks,
+    write_cog,
+    write_stack,
+)
 
 OPTIONS = {'chip_size': 56, 'margin': 8, 'block_size': 5, 'progress': False}
 
@@ -103,55 +115,38 @@ def test_google_satellite_embedding_reads_64_components(
     assert dataset.bounds[2].start.year == 2017
 
 
-def test_writers_hold_one_block_at_a_time(tmp_path: Path) -> None:
-    """The outputs of an area of 100 blocks, with NumPy's memory of about a block."""
-    features, side, per_block = 64, 240, 24
-    blocks = layout((side, side), 8, 8 * per_block, 0, per_block)
-    workspace = Workspace(tmp_path / 'work')
-    workspace.prepare({}, resume=False)
-    rng = np.random.default_rng(0)
-    for block in blocks:
-        height, width = block.shape
-        data = rng.standard_normal((features, height, width), np.float32)
-        n = len(block.chips)
-        workspace.save(
-            block,
-            BlockData(
-                data,
-                data.mean(axis=(1, 2))[None].repeat(n, 0),
-                np.ones(n, np.float32),
-                ['2017-06-13T10:10:31'] * n,
-                ['scene'] * n,
-            ),
-        )
-    whole = features * side * side * 4  # one float32 array of the area: 14.7 MB
-    crs = rasterio.crs.CRS.from_epsg(32633)
-    transform = rasterio.Affine(80, 0, 400000, 0, -80, 5400000)
-    staging = tmp_path / 'staging'
-    staging.mkdir()
+def overview_levels(path: Path) -> list[np.ndarray]:
+    with rasterio.open(path) as src:
+        count = len(src.overviews(1))
+    levels = []
+    for level in range(count):
+        with rasterio.open(path, OVERVIEW_LEVEL=level) as src:
+            levels.append(src.read())
+    return levels
+
+
+@pytest.mark.parametrize('int8', [False, True])
+def test_writers_hold_one_block_at_a_time(tmp_path: Path, int8: bool) -> None:
+    """The outputs of an area of 100 blocks, with NumPy's memory of about a block.
+
+    Its overviews too: 5 x 5 tiles of 256 px, 3 levels.
+    """
+    features, side, block_size = 16, 1280, 128
+    blocks, workspace = saved_blocks(
+        tmp_path / 'work', (side, side), features, block_size
+    )
+    whole = features * side * side * 4  # one float32 array of the area: 105 MB
     tracemalloc.start()
     try:
-        write_raster(
-            tmp_path / 'emb.tif',
-            blocks,
-            workspace.load,
-            staging,
-            crs,
-            transform,
-            (side, side),
-            features,
-            {'weights': 'w', 'model': 'm'},
-            None,
-            True,
-        )
+        write_cog(tmp_path / 'emb.tif', blocks, workspace, (side, side), int8)
         write_parquet(
             tmp_path / 'emb.parquet',
             blocks,
             workspace.load,
-            staging,
-            crs,
-            transform,
-            {'weights': 'w', 'model': 'm'},
+            tmp_path / 'staging',
+            CRS,
+            TRANSFORM,
+            PROVENANCE,
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -160,5 +155,93 @@ def test_writers_hold_one_block_at_a_time(tmp_path: Path) -> None:
     assert peak < whole / 4, f'{peak / 1e6:.1f} MB for a {whole / 1e6:.1f} MB area'
     with rasterio.open(tmp_path / 'emb.tif') as src:
         assert src.shape == (side, side) and src.count == features
-        assert src.dtypes[0] == 'int8' and (src.read(1) != -128).all()
-    assert len(gpd.read_parquet(tmp_path / 'emb.parquet')) == 100
+        assert src.dtypes[0] == ('int8' if int8 else 'float32')
+        assert src.overviews(1) == [2, 4, 8]
+    assert len(gpd.read_parquet(tmp_path / 'emb.parquet')) == 99  # one block empty
+    assert not list((tmp_path / 'staging').iterdir())
+
+
+@pytest.mark.parametrize('int8', [False, True])
+def test_overviews_are_gdals(tmp_path: Path, int8: bool) -> None:
+    """Ours, a tile at a time, equal those GDAL's COG driver computes from the area.
+
+    The mean of the valid values of 2 x 2 pixels (``AVERAGE``), for int8 the top-left
+    one (``NEAREST``); the sides are even at every level, where GDAL's levels and
+    ours have the same size.
+    """
+    shape = (1024, 768)
+    blocks, workspace = saved_blocks(tmp_path / 'work', shape, 3, 96)
+    write_cog(tmp_path / 'emb.tif', blocks, workspace, shape, int8)
+    with rasterio.open(tmp_path / 'emb.tif') as src:
+        profile = {**src.profile, 'driver': 'GTiff'}
+        full = src.read()
+    with rasterio.open(tmp_path / 'full.tif', 'w', **profile) as dst:
+        dst.write(full)
+    rasterio.shutil.copy(
+        tmp_path / 'full.tif',
+        tmp_path / 'gdal.tif',
+        driver='COG',
+        BLOCKSIZE=256,
+        OVERVIEW_RESAMPLING='NEAREST' if int8 else 'AVERAGE',
+    )
+    ours, gdal = (
+        overview_levels(tmp_path / 'emb.tif'),
+        overview_levels(tmp_path / 'gdal.tif'),
+    )
+    assert [level.shape for level in ours] == [(3, 512, 384), (3, 256, 192)]
+    assert [level.shape for level in gdal] == [level.shape for level in ours]
+    for mine, theirs in zip(ours, gdal, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert np.isnan(ours[0]).any() if not int8 else (ours[0] == -128).any()
+
+
+def test_overviews_of_odd_sides(tmp_path: Path) -> None:
+    """Each level has half the last one's rows and columns, rounded up."""
+    shape = (601, 515)
+    blocks, workspace = saved_blocks(tmp_path / 'work', shape, 2, 64)
+    write_cog(tmp_path / 'emb.tif', blocks, workspace, shape, False)
+    with rasterio.open(tmp_path / 'emb.tif') as src:
+        previous = src.read().astype(np.float64)
+    levels = overview_levels(tmp_path / 'emb.tif')
+    assert [level.shape[1:] for level in levels] == [(301, 258), (151, 129)]
+    for level in levels:
+        bands, rows, cols = previous.shape
+        padded = np.full((bands, rows + rows % 2, cols + cols % 2), np.nan)
+        padded[:, :rows, :cols] = previous
+        windows = padded.reshape(bands, level.shape[1], 2, level.shape[2], 2)
+        with np.errstate(invalid='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN windows
+            expected = np.nanmean(windows, axis=(2, 4)).astype(np.float32)
+        np.testing.assert_array_equal(level, expected)
+        previous = level.astype(np.float64)
+
+
+@pytest.mark.slow
+def test_cog_memory_follows_the_tile_not_the_area(tmp_path: Path) -> None:
+    """4 times the area of one COG with overviews: peak RSS grows by little.
+
+    32 features: one float32 array of the area 72 MiB at 768 px, 288 MiB at 1536
+    px; a tile of 256 px of every band 8 MiB. GDAL's block cache is 16 MB, less
+    than a row of tiles of every band at 1536 px (48 MiB), with which GDAL's own
+    overviews slowed down (57.7 s instead of 24 s, measured by hand).
+    """
+    peaks = {}
+    for side in (768, 1536):
+        folder = tmp_path / str(side)
+        folder.mkdir()
+        done = subprocess.run(
+            [sys.executable, '-c', MEASURE_WRITE_COG, str(folder), str(side), '32'],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[2],
+            env={
+                'PATH': os.environ['PATH'],
+                'HOME': os.environ['HOME'],
+                'OMP_NUM_THREADS': '2',
+                'GDAL_CACHEMAX': '16',
+            },
+        )
+        peaks[side] = int(done.stdout.splitlines()[-1])
+    grown = 288 - 72  # MiB of one float32 array of the area's features
+    assert (peaks[1536] - peaks[768]) / 1024 < grown / 4, peaks

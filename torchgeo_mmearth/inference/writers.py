@@ -1,10 +1,11 @@
 """The outputs of an embedding run, assembled block by block from its workspace.
 
-The raster is written tile by tile, one GeoTIFF per block, joined by a VRT:
-either copied from that VRT into one Cloud-Optimized GeoTIFF, or kept as a VRT
-over Cloud-Optimized tiles (``emb.vrt`` and ``emb_tiles/``) for areas too big for
-one file. The GeoParquet is written one row group per block. Every pass holds one
-block in memory, so memory is bounded by the block size, not by the area.
+The raster is either one Cloud-Optimized GeoTIFF, copied from a GeoTIFF of the
+area written block by block, or a VRT over one Cloud-Optimized GeoTIFF per block
+(``emb.vrt`` and ``emb_tiles/``) for areas too big for one file. The overviews are
+computed here a tile at a time, not by GDAL. The GeoParquet is written one row group
+per block. Every pass holds a block or a 256 px tile of every band, so memory is
+bounded by the block size, not by the area.
 
 The GeoParquet follows the column conventions of the embedding products that
 TorchGeo reads (``torchgeo.datasets.ClayEmbeddings``, ``MajorTOMEmbeddings``,
@@ -24,6 +25,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import rasterio.windows
+from rasterio import Affine
 from rasterio.warp import transform as warp_points
 
 from .._atomic import atomic_path
@@ -190,25 +192,115 @@ def _profile(
     }
 
 
-def _cog(source: Path, target: Path, bands: _Bands, tile: int) -> None:
+def _halve(values: np.ndarray, average: bool) -> np.ndarray:
+    """Half the rows and columns of (bands, rows, cols), rounded up.
+
+    The mean of the valid values of each 2 x 2 window (NaN where none is), as GDAL's
+    ``AVERAGE`` computes it, or the window's top-left value, as its ``NEAREST``.
+    """
+    if not average:
+        return values[:, ::2, ::2]
+    bands, rows, cols = values.shape
+    total = np.zeros((bands, -(-rows // 2), -(-cols // 2)))
+    valid = np.zeros(total.shape, np.uint8)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        part = values[:, dy::2, dx::2]
+        finite = np.isfinite(part)
+        height, width = part.shape[1:]
+        total[:, :height, :width] += np.where(finite, part, 0)
+        valid[:, :height, :width] += finite
+    with np.errstate(invalid='ignore', divide='ignore'):
+        halved: np.ndarray = (total / valid).astype(values.dtype)
+    return halved
+
+
+def _overviews(source: Path, average: bool, tile: int) -> list[Path]:
+    """Overviews of the tiled GeoTIFF *source*, written beside it.
+
+    Each level halves the last, until it fits in one *tile*, as GDAL's COG driver
+    chooses them; :func:`_write_overview` writes each a tile at a time. GDAL's own
+    overviews thrash its block cache once the cache cannot hold a row of tiles of
+    every band (measured: a 1024 x 1024 px COG of 320 features did not finish in 6
+    minutes with ``GDAL_CACHEMAX=128``).
+
+    Args:
+        source: the GeoTIFF.
+        average: average the valid values (else the nearest value).
+        tile: the side of *source*'s tiles.
+
+    Returns:
+        The levels, largest first.
+    """
+    levels: list[Path] = []
+    while True:
+        with rasterio.open(levels[-1] if levels else source) as src:
+            if max(src.height, src.width) <= tile:
+                return levels
+            levels.append(source.with_name(f'{source.stem}.overview{len(levels)}.tif'))
+            _write_overview(src, levels[-1], average, tile)
+
+
+def _write_overview(src: Any, path: Path, average: bool, tile: int) -> None:
+    """*src* at half its resolution (:func:`_halve`) into the GeoTIFF *path*.
+
+    Tile by tile, each from the four quarters of source it covers, one source tile
+    read at a time: what it holds is bounded by the tile, not by the raster.
+    """
+    height, width = -(-src.height // 2), -(-src.width // 2)
+    profile = {
+        **src.profile,
+        'height': height,
+        'width': width,
+        'transform': src.transform
+        * Affine.scale(src.width / width, src.height / height),
+        'BIGTIFF': 'IF_SAFER',
+    }
+    half = tile // 2
+    with rasterio.open(path, 'w', **profile) as dst:
+        for _, window in dst.block_windows(1):
+            out = np.empty((src.count, window.height, window.width), src.dtypes[0])
+            for r in range(0, window.height, half):
+                for c in range(0, window.width, half):
+                    r0, c0 = 2 * (window.row_off + r), 2 * (window.col_off + c)
+                    quarter = rasterio.windows.Window(
+                        c0, r0, min(tile, src.width - c0), min(tile, src.height - r0)
+                    )
+                    out[:, r : r + half, c : c + half] = _halve(
+                        src.read(window=quarter), average
+                    )
+            dst.write(out, window=window)
+
+
+def _cog(source: Path, target: Path, bands: _Bands, tile: int, tags: str) -> None:
     """Copy the GeoTIFF *source* into the COG *target*, atomically.
 
-    From one GeoTIFF, not a VRT of block files: GDAL keeps up to 100 of a VRT's
-    files open, each with a decompressed tile of all bands, so that the copy's
-    memory grew with the area (measured: peak RSS of embed's process 6.1 GB for 81
-    blocks of 320 features, 1.25 GiB in all, against 2.9 GB from one GeoTIFF).
+    From one GeoTIFF of the area, not from a VRT of block files: GDAL keeps up to
+    100 of a VRT's files open, each with a decompressed tile of all bands, so that
+    the copy's memory grew with the area (measured: peak RSS of embed's process 6.1
+    GB for 81 blocks of 320 features, 1.25 GiB in all, against 2.9 GB from one
+    GeoTIFF). A VRT of that GeoTIFF gives GDAL our overviews (:func:`_overviews`).
+    *source* and these files are removed once copied.
     """
+    with rasterio.open(source) as src:
+        crs, transform, shape = src.crs, src.transform, src.shape
+    levels = _overviews(source, not bands.int8, tile)
+    vrt = source.with_suffix('.vrt')
+    _write_vrt(
+        vrt, [((0, 0), shape, source)], bands, crs, transform, shape, tags, levels
+    )
     with atomic_path(target) as temporary:
         rasterio.shutil.copy(
-            source,
+            vrt,
             temporary,
             driver='COG',
             COMPRESS='DEFLATE',
             PREDICTOR='STANDARD' if bands.int8 else 'FLOATING_POINT',
             BLOCKSIZE=tile,
-            OVERVIEW_RESAMPLING='NEAREST' if bands.int8 else 'AVERAGE',
+            OVERVIEWS='FORCE_USE_EXISTING',
             BIGTIFF='IF_SAFER',
         )
+    for path in (source, vrt, *levels):
+        path.unlink()
 
 
 def write_raster(
@@ -247,12 +339,7 @@ def write_raster(
         """A GeoTIFF of the grid's window at *offset* (rows, cols), opened to write."""
         r0, c0 = offset
         window_transform = transform * transform.translation(c0, r0)
-        dst = rasterio.open(file, 'w', **_profile(bands, crs, window_transform, shape))
-        dst.update_tags(TORCHGEO_MMEARTH=tags)
-        dst.descriptions = bands.descriptions
-        if int8:
-            dst.scales, dst.offsets = tuple(bands.scales), tuple(bands.offsets)
-        return dst
+        return rasterio.open(file, 'w', **_profile(bands, crs, window_transform, shape))
 
     if path.suffix.lower() != '.vrt':
         # One GeoTIFF of the area, written block by block, then copied (see _cog).
@@ -263,7 +350,8 @@ def write_raster(
                 height, width = block.shape
                 window = rasterio.windows.Window(c0, r0, width, height)
                 dst.write(bands.written(load(block)), window=window)
-        _cog(area, path, bands, _profile(bands, crs, transform, shape)['blockxsize'])
+        size = _profile(bands, crs, transform, shape)['blockxsize']
+        _cog(area, path, bands, size, tags)
         return
     folder = tiles_folder(path)
     partial = folder.with_name(f'.{folder.name}.partial')
@@ -279,9 +367,8 @@ def write_raster(
         with tiff(tile, block.shape, (r0, c0)) as dst:
             dst.write(bands.written(data))
         size = _profile(bands, crs, transform, block.shape)['blockxsize']
-        _cog(tile, partial / tile.name, bands, size)
-        tile.unlink()
-        final.append((block, folder / tile.name))
+        _cog(tile, partial / tile.name, bands, size, tags)
+        final.append(((r0, c0), block.shape, folder / tile.name))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     _write_vrt(path, final, bands, crs, transform, shape, tags)
@@ -289,20 +376,35 @@ def write_raster(
 
 def _write_vrt(
     path: Path,
-    tiles: Sequence[tuple[Block, Path]],
+    sources: Sequence[tuple[tuple[int, int], tuple[int, int], Path]],
     bands: _Bands,
     crs: Any,
     transform: Any,
     shape: tuple[int, int],
     tags: str,
+    overviews: Sequence[Path] = (),
 ) -> None:
-    """A VRT placing each block's tile at its offset, written line by line.
+    """A VRT placing each source GeoTIFF at its offset, written line by line.
 
-    A source per band and tile: written as it goes, not held as one string.
+    A source per band and GeoTIFF: written as it goes, not held as one string.
+
+    Args:
+        path: the VRT to write.
+        sources: (rows, cols) offset, (height, width) and path of each GeoTIFF.
+        bands: the bands.
+        crs: CRS of the grid.
+        transform: affine transform of the grid.
+        shape: (height, width) of the grid.
+        tags: the ``TORCHGEO_MMEARTH`` tag.
+        overviews: GeoTIFFs of the whole grid at lower resolutions, largest first.
     """
     height, width = shape
     data_type = {'float32': 'Float32', 'int8': 'Int8'}[bands.dtype]
     geotransform = ', '.join(repr(float(v)) for v in transform.to_gdal())
+
+    def relative(file: Path) -> str:
+        return escape(file.relative_to(path.parent).as_posix())
+
     with atomic_path(path) as temporary, temporary.open('w') as vrt:
         vrt.write(
             f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
@@ -323,18 +425,24 @@ def _write_vrt(
                     f'    <Offset>{bands.offsets[number]!r}</Offset>\n'
                     f'    <Scale>{bands.scales[number]!r}</Scale>\n'
                 )
-            for block, tile in tiles:
-                rows, cols = block.shape
-                (r0, _), (c0, _) = block.out_rows, block.out_cols
-                name = escape(tile.relative_to(path.parent).as_posix())
+            for (r0, c0), (rows, cols), file in sources:
                 vrt.write(
                     '    <SimpleSource>\n'
-                    f'      <SourceFilename relativeToVRT="1">{name}</SourceFilename>\n'
+                    f'      <SourceFilename relativeToVRT="1">{relative(file)}'
+                    '</SourceFilename>\n'
                     f'      <SourceBand>{number + 1}</SourceBand>\n'
                     f'      <SrcRect xOff="0" yOff="0" xSize="{cols}" ySize="{rows}"/>\n'
                     f'      <DstRect xOff="{c0}" yOff="{r0}" xSize="{cols}" '
                     f'ySize="{rows}"/>\n'
                     '    </SimpleSource>\n'
+                )
+            for level in overviews:
+                vrt.write(
+                    '    <Overview>\n'
+                    f'      <SourceFilename relativeToVRT="1">{relative(level)}'
+                    '</SourceFilename>\n'
+                    f'      <SourceBand>{number + 1}</SourceBand>\n'
+                    '    </Overview>\n'
                 )
             vrt.write('  </VRTRasterBand>\n')
         vrt.write('</VRTDataset>\n')
