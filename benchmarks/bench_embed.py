@@ -5,10 +5,12 @@ Three tables in one run, every ratio against a baseline measured in the same run
 1. **embed / bare forward**: :func:`~torchgeo_mmearth.inference.embed` (reading,
    normalisation, the encoder, stitching, saving blocks, writing the COG and the
    GeoParquet) against ``encoder.forward_features`` alone (``torch.inference_mode``,
-   the same autocast) over as many chips of the same size and batch, their input
-   tensors made on the device beforehand, so that only the forward is timed. The
-   ratio, bare forward s / embed s, is the share of the forward's speed that embed
-   keeps (goal: >= 0.9 on one device). The time embed spends writing (the output
+   the same autocast) over the very batches that embed gave the encoder in that
+   run, kept on the device, so that only the forward is timed. The ratio, bare
+   forward s / embed s, is the share of the forward's speed that embed keeps (goal:
+   >= 0.9 on one device). The bare forward over random batches of the same shapes is
+   printed beside it: on a CPU, real chips make the forward slower (denormal floats;
+   ``torch.set_flush_denormal(True)`` removes most of the difference). The time embed spends writing (the output
    writers and the saving of finished blocks, clocked inside the same run) is also
    printed, and the ratio without it. Both after a warm-up (and compilation).
 2. **processes**: the command in one process against ``torchrun --standalone
@@ -194,21 +196,19 @@ def writing_clock() -> Iterator[dict[str, float]]:
 
 
 def bare_forward(
-    encoder: SceneEncoder, batch_sizes: list[int], size: int, args: argparse.Namespace
+    encoder: SceneEncoder, batches: list[torch.Tensor], args: argparse.Namespace
 ) -> float:
-    """Seconds of ``forward_features`` over batches of chips of *size* px.
+    """Seconds of ``forward_features`` over *batches*, already on the device.
 
     Args:
         encoder: the encoder (as embed got it).
-        batch_sizes: the chips of each batch.
-        size: chip side in px.
+        batches: the input batches.
         args: the device, bf16.
 
     Returns:
         Seconds of the forward passes (the second of two runs).
     """
     device = torch.device(args.device)
-    batches = [torch.randn(n, 12, size, size, device=device) for n in batch_sizes]
 
     def run() -> None:
         with (
@@ -224,6 +224,35 @@ def bare_forward(
     run()
     synchronize(args.device)
     return time.perf_counter() - start
+
+
+@contextmanager
+def recorded_inputs(encoder: SceneEncoder) -> Iterator[list[torch.Tensor]]:
+    """The batches given to the encoder while the context lasts.
+
+    The tensors themselves, not copies (embed makes a new one for each batch), so
+    that recording takes no time from the run it records.
+
+    Yields:
+        The batches, filled as embed runs.
+    """
+    model: Any = encoder.model
+    own = vars(model).get('forward_features')  # set by --compile
+    forward = model.forward_features
+    inputs: list[torch.Tensor] = []
+
+    def record(batch: torch.Tensor) -> Any:
+        inputs.append(batch)
+        return forward(batch)
+
+    model.forward_features = record
+    try:
+        yield inputs
+    finally:
+        if own is None:
+            del model.forward_features
+        else:
+            model.forward_features = own
 
 
 def human(size: float) -> str:
@@ -249,9 +278,10 @@ def table_embed(
         'Workspace.save (the finished blocks), measured inside the same run; '
         '"w/o writing" subtracts it.\n'
         '\n| weights | chips | embed s | of which writing s | bare forward s '
-        '| embed / bare | embed w/o writing / bare | embed chips/s '
-        '| w/o writing chips/s | bare chips/s | embed km^2/s | bare km^2/s |'
-        '\n|---|---|---|---|---|---|---|---|---|---|---|---|'
+        '| bare forward, random input s | embed / bare | embed w/o writing / bare '
+        '| embed chips/s | w/o writing chips/s | bare chips/s | embed km^2/s '
+        '| bare km^2/s |'
+        '\n|---|---|---|---|---|---|---|---|---|---|---|---|---|'
     )
     for patch_size in args.patch_sizes:
         encoder = prepare(load_encoder(weights[patch_size], args.device), args)
@@ -273,7 +303,7 @@ def table_embed(
             **options,
         )
         synchronize(args.device)
-        with writing_clock() as spent:
+        with writing_clock() as spent, recorded_inputs(encoder) as batches:
             start = time.perf_counter()
             result = embed(
                 scene,
@@ -290,20 +320,13 @@ def table_embed(
         writing = spent['outputs'] + spent['blocks']
         computing = seconds - writing
         encoded = result.chips - result.empty_chips
-        # Embed's batches: per block, full ones then the rest.
-        _, per_block = split_blocks(args.size, patch_size, args.block_size)
-        if sum(per_block) != encoded:  # not all chips encoded: same count, batched
-            per_block = [encoded]
-        batch_sizes = [
-            min(args.batch_size, n - start)
-            for n in per_block
-            for start in range(0, n, args.batch_size)
-        ]
-        bare = bare_forward(encoder, batch_sizes, 32 * patch_size, args)
+        bare = bare_forward(encoder, batches, args)
+        random = bare_forward(encoder, [torch.randn_like(b) for b in batches], args)
         area = km2(args.size)
         print(
             f'| atto p{patch_size} | {encoded} of {32 * patch_size} px '
-            f'| {seconds:.2f} | {writing:.2f} | {bare:.2f} | {bare / seconds:.2f} '
+            f'| {seconds:.2f} | {writing:.2f} | {bare:.2f} | {random:.2f} '
+            f'| {bare / seconds:.2f} '
             f'| {bare / computing:.2f} | {encoded / seconds:.2f} '
             f'| {encoded / computing:.2f} | {encoded / bare:.2f} '
             f'| {area / seconds:.3f} | {area / bare:.3f} |'
