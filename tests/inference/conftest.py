@@ -1,3 +1,7 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,18 +107,51 @@ print(json.dumps({'rss': rss, 'seconds': seconds, 'chips': chips, 'cuda': cuda})
 
 
 #: A fresh process (run from the repository root) that writes the COG of random
-#: features (:func:`saved_blocks`, blocks of 128 px) and prints its peak RSS (KiB,
-#: Linux). ``argv``: folder, side (px), features.
+#: features (:func:`saved_blocks`, blocks of 128 px) and prints a JSON line: its
+#: peak RSS (KiB, Linux). ``argv``: folder, side (px), features.
 MEASURE_WRITE_COG = """
-import sys
+import json, sys
 from pathlib import Path
 from tests.inference.conftest import saved_blocks, write_cog
 folder, side, features = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 blocks, workspace = saved_blocks(folder / 'work', (side, side), features, 128)
 write_cog(folder / 'emb.tif', blocks, workspace, (side, side), False)
 with open('/proc/self/status') as status:
-    print(next(int(line.split()[1]) for line in status if line.startswith('VmHWM:')))
+    rss = next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))
+print(json.dumps({'rss': rss}))
 """
+
+
+def peak_rss(script: str, *args: str) -> int:
+    """The ``rss`` of the JSON line that *script* prints last, run in a fresh process.
+
+    From the repository root, with what a user's shell has, not what earlier tests
+    set in this process, and GDAL's block cache limited to 16 MB: it keeps the
+    blocks it read up to ``GDAL_CACHEMAX`` (5 % of the RAM by default), bounded by
+    that setting, not by the area, but over the tests' areas it would grow with them.
+
+    Args:
+        script: :data:`MEASURE_EMBED` or :data:`MEASURE_WRITE_COG`.
+        args: its arguments.
+
+    Returns:
+        Its peak RSS in KiB.
+    """
+    done = subprocess.run(
+        [sys.executable, '-c', script, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        env={
+            'PATH': os.environ['PATH'],
+            'HOME': os.environ['HOME'],
+            'OMP_NUM_THREADS': '2',
+            'GDAL_CACHEMAX': '16',
+        },
+    )
+    rss: int = json.loads(done.stdout.splitlines()[-1])['rss']
+    return rss
 
 
 @pytest.fixture(scope='session')

@@ -18,7 +18,7 @@ from tests.conftest import launch_spawned
 from torchgeo_mmearth.inference import SceneEncoder, embed
 from torchgeo_mmearth.inference.blocks import layout
 
-from .conftest import MEASURE_EMBED, tiled_scene
+from .conftest import MEASURE_EMBED, peak_rss, tiled_scene
 
 #: Small chips and one chip centre (3 output pixels) per block: many blocks.
 OPTIONS: dict[str, object] = {
@@ -226,31 +226,6 @@ def test_lightning_fabric_processes(
     assert parquet.read_bytes() == one_process[1].read_bytes()
 
 
-def peak_rss(options: dict[str, object]) -> int:
-    """Peak RSS (KiB) of a fresh process running embed with *options*.
-
-    GDAL's block cache of the input is limited to 16 MB: it keeps the blocks it
-    read up to ``GDAL_CACHEMAX`` (5 % of the RAM by default), bounded by that
-    setting, not by the area, but over this test's areas it would grow with them.
-    """
-    done = subprocess.run(
-        [sys.executable, '-c', MEASURE_EMBED, json.dumps(options)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        # what a user's shell has, not what earlier tests set in this process
-        env={
-            'PATH': os.environ['PATH'],
-            'HOME': os.environ['HOME'],
-            'OMP_NUM_THREADS': '2',
-            'GDAL_CACHEMAX': '16',
-        },
-    )
-    rss: int = json.loads(done.stdout.splitlines()[-1])['rss']
-    return rss
-
-
 @pytest.mark.slow
 def test_peak_memory_follows_the_block_not_the_area(
     weights_p8: Path, tmp_path: Path
@@ -267,15 +242,14 @@ def test_peak_memory_follows_the_block_not_the_area(
         folder = tmp_path / str(size)
         folder.mkdir()
         scene = tiled_scene(folder, size)
-        peaks[size] = peak_rss(
-            {
-                'scene': str(scene),
-                'weights': str(weights_p8),
-                'stand_in': 2048,
-                'raster': str(folder / 'emb.vrt'),
-                'block_size': 32,
-                'batch_size': 2,
-            }
-        )
+        options = {
+            'scene': str(scene),
+            'weights': str(weights_p8),
+            'stand_in': 2048,
+            'raster': str(folder / 'emb.vrt'),
+            'block_size': 32,
+            'batch_size': 2,
+        }
+        peaks[size] = peak_rss(MEASURE_EMBED, json.dumps(options))
     grown = 288 - 32  # MiB of one float32 array of the area's features
     assert (peaks[1536] - peaks[512]) / 1024 < grown / 8, peaks

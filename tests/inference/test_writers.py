@@ -1,9 +1,6 @@
 """The outputs of embed, read by TorchGeo's embedding datasets (TorchGeo 0.9+)."""
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -27,6 +24,7 @@ from .conftest import (
     MEASURE_WRITE_COG,
     PROVENANCE,
     TRANSFORM,
+    peak_rss,
     saved_blocks,
     write_cog,
     write_stack,
@@ -229,19 +227,6 @@ def test_cog_memory_follows_the_tile_not_the_area(tmp_path: Path) -> None:
     for side in (768, 1536):
         folder = tmp_path / str(side)
         folder.mkdir()
-        done = subprocess.run(
-            [sys.executable, '-c', MEASURE_WRITE_COG, str(folder), str(side), '32'],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parents[2],
-            env={
-                'PATH': os.environ['PATH'],
-                'HOME': os.environ['HOME'],
-                'OMP_NUM_THREADS': '2',
-                'GDAL_CACHEMAX': '16',
-            },
-        )
-        peaks[side] = int(done.stdout.splitlines()[-1])
+        peaks[side] = peak_rss(MEASURE_WRITE_COG, str(folder), str(side), '32')
     grown = 288 - 72  # MiB of one float32 array of the area's features
     assert (peaks[1536] - peaks[768]) / 1024 < grown / 4, peaks
