@@ -383,14 +383,18 @@ class TestTraining:
     def test_nan_loss_stops_with_the_step_and_task(
         self, mmearth_root: Path, tmp_path: Path
     ) -> None:
-        task = small_task()
+        # Every step is non-finite; the second in a row stops the run.
+        task = small_task(max_nonfinite_steps=2)
         with torch.no_grad():
             task.mpmae.decoder.heads['aster'].bias.fill_(math.nan)
         with pytest.raises(
             FloatingPointError,
-            match=r"at step 0; tasks with a non-finite loss: \['aster'\]",
+            match=r'the last at step 1 \(max_nonfinite_steps=2\); '
+            r"tasks with a non-finite loss: \['aster'\]",
         ):
-            trainer(tmp_path, limit_train_batches=1).fit(task, datamodule(mmearth_root))
+            trainer(tmp_path, limit_train_batches=2).fit(task, datamodule(mmearth_root))
+        with pytest.raises(ValueError, match='max_nonfinite_steps must be >= 1'):
+            small_task(max_nonfinite_steps=0)
 
     def test_wrong_input_size(self, mmearth_root: Path, tmp_path: Path) -> None:
         with pytest.raises(
@@ -713,17 +717,33 @@ def test_loss_falls_on_the_demo_corpus(tmp_path: Path) -> None:
     assert validation[-1] < validation[0]
 
 
+class LearningRates(lightning.Callback):
+    """The learning rate of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, module: Any, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self.values.append(float(optimizer.param_groups[0]['lr']))
+
+
 class TestOptimisation:
     def test_recipe(self, mmearth_root: Path, tmp_path: Path) -> None:
         task = small_task(warmup_epochs=1.0)
+        learning_rates = LearningRates()
         run = trainer(
-            tmp_path, max_epochs=4, limit_train_batches=3, accumulate_grad_batches=1
+            tmp_path,
+            max_epochs=4,
+            limit_train_batches=3,
+            accumulate_grad_batches=1,
+            callbacks=[learning_rates],
         )
-        task.trainer = run  # type: ignore[assignment]
-        dm = datamodule(mmearth_root, batch_size=2)
-        run.fit(task, dm)  # 12 optimizer steps: 3 of warm-up, 9 of cosine
+        run.fit(task, datamodule(mmearth_root, batch_size=2))
         optimizer = run.optimizers[0]
         assert optimizer.defaults['betas'] == (0.9, 0.95)
+        assert optimizer.defaults['fused']
         decay = {
             id(p)
             for g in optimizer.param_groups
@@ -731,16 +751,44 @@ class TestOptimisation:
             for p in g['params']
         }
         for name, parameter in task.named_parameters():
+            # GRN decayed as MMEarth-train's (1, 1, 1, C) gamma and beta.
             expected = parameter.ndim > 1 and not name.endswith('.bias')
-            assert (id(parameter) in decay) == expected, name
+            assert (id(parameter) in decay) == (expected or '.grn.' in name), name
         assert 'mpmae.criterion.weighting.log_vars' in dict(task.named_parameters())
-        schedule = run.lr_scheduler_configs[0]
-        assert schedule.interval == 'step'
+        assert run.lr_scheduler_configs == []  # set by the task before every step
+        # 12 optimizer steps at epochs 0, 1/3, ..., 11/3: 3 of warm-up, 9 of cosine.
         lr = 1.5e-4 * 2 / 256
-        factors = [schedule.scheduler.lr_lambdas[0](step) for step in range(13)]  # type: ignore[attr-defined]
-        assert factors[:4] == [0, 1 / 3, 2 / 3, 1]
-        assert factors[12] == pytest.approx(0)
-        assert optimizer.param_groups[0]['initial_lr'] == pytest.approx(lr)
+        expected_lr = [
+            lr * epoch
+            if epoch < 1
+            else lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / 3))
+            for epoch in (step / 3 for step in range(12))
+        ]
+        assert learning_rates.values == pytest.approx(expected_lr, rel=1e-12, abs=0)
+        # After the last step, the cosine's end.
+        assert float(optimizer.param_groups[0]['lr']) == pytest.approx(0, abs=1e-20)
+
+    def test_accumulation_drops_the_remainder(
+        self, mmearth_root: Path, tmp_path: Path
+    ) -> None:
+        # 3 micro-batches an epoch, accumulated by 2: one step, the third dropped.
+        task = small_task(warmup_epochs=1.0, lr=1e-3)
+        learning_rates = LearningRates()
+        run = trainer(
+            tmp_path,
+            max_epochs=2,
+            limit_train_batches=3,
+            accumulate_grad_batches=2,
+            callbacks=[learning_rates],
+        )
+        run.fit(task, datamodule(mmearth_root, batch_size=1))
+        # Steps at epochs 0 and 1 (MMEarth-train's adjust_learning_rate at the
+        # micro-batch starting the window, 0 / 3 + epoch).
+        assert learning_rates.values == [0.0, pytest.approx(1e-3 * 0.5 * (1 + 1))]
+        # Lightning calls the dropped window a step: 2 per epoch.
+        assert run.global_step == 4
+        state = run.optimizers[0].state
+        assert all(s['step'] == 2 for s in state.values())
 
     def test_learning_rate_scales_with_accumulation(
         self, mmearth_root: Path, tmp_path: Path
@@ -748,16 +796,14 @@ class TestOptimisation:
         task = small_task()
         run = trainer(tmp_path, limit_train_batches=2, accumulate_grad_batches=2)
         run.fit(task, datamodule(mmearth_root, batch_size=3))
-        assert run.optimizers[0].param_groups[0]['initial_lr'] == pytest.approx(
-            1.5e-4 * 6 / 256
-        )
+        assert run.optimizers[0].defaults['lr'] == pytest.approx(1.5e-4 * 6 / 256)
 
     def test_lr_overrides_the_scaled_rate(
         self, mmearth_root: Path, tmp_path: Path
     ) -> None:
         run = trainer(tmp_path, limit_train_batches=1)
         run.fit(small_task(lr=1e-3), datamodule(mmearth_root))
-        assert run.optimizers[0].param_groups[0]['initial_lr'] == 1e-3
+        assert run.optimizers[0].defaults['lr'] == 1e-3
 
 
 class TestCheckpoints:

@@ -15,6 +15,7 @@ from torchgeo_mmearth.trainers.optim import (
     WarmupCosineLR,
     add_param_group,
     param_groups_layer_decay,
+    pretraining_param_groups,
 )
 
 ATTO = (2, 2, 6, 2)
@@ -54,6 +55,59 @@ def named_groups(
             name = names[id(param)]
             assert name not in out, f'{name} in two groups'
             out[name] = (group['lr_scale'], group['weight_decay'])  # type: ignore[assignment]
+    return out
+
+
+def mmearth_train_name(name: str) -> str:
+    """MMEarth-train's name (models/convnextv2.py) of a parameter of our encoder."""
+    parts = name.split('.')
+    if parts[0] == 'stem':  # MMEarth's stem: conv, LN, GELU, depthwise conv, LN
+        index = int(parts[1])
+        module = 'initial_conv' if index < 3 else 'stem'
+        return f'{module}.{index % 3}.{parts[2]}'
+    if parts[0] == 'stages' and parts[2] == 'downsample':
+        # downsample_layers.i feeds stage i + 1: MMEarth has no layer 0 (its stem).
+        return f'downsample_layers.{int(parts[1]) - 1}.{".".join(parts[3:])}'
+    if parts[0] == 'stages':
+        leaf = '.'.join(parts[4:])
+        for ours, theirs in (
+            ('conv_dw', 'dwconv'),
+            ('mlp.fc1', 'pwconv1'),
+            ('mlp.fc2', 'pwconv2'),
+            ('mlp.grn.weight', 'grn.gamma'),
+            ('mlp.grn.bias', 'grn.beta'),
+        ):
+            leaf = leaf.replace(ours, theirs)
+        return f'stages.{parts[1]}.{parts[3]}.{leaf}'
+    return name
+
+
+def mmearth_train_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float, depths: tuple[int, ...]
+) -> dict[str, tuple[float, float]]:
+    """{our name: (lr_scale, weight_decay)} by MMEarth-train's fine-tuning rules.
+
+    ``optim_factory.get_parameter_groups`` (no decay on 1-D parameters and names
+    ending in ``.bias``, ``.gamma`` or ``.beta``; its GRN ``gamma`` and ``beta`` are
+    (1, 1, 1, C)) with ``LayerDecayValueAssigner``'s "single" layers
+    (``get_num_layer_for_convnext_single``) and ``main_finetune.py``'s values
+    ``layer_decay ** (sum(depths) + 1 - layer)``, on MMEarth-train's names.
+    """
+    layers = sum(depths)
+    out = {}
+    for name, param in model.named_parameters():
+        theirs = mmearth_train_name(name)
+        if theirs.startswith('downsample_layers'):
+            layer = sum(depths[: int(theirs.split('.')[1])]) + 1
+        elif theirs.startswith('stages'):
+            stage, block = (int(i) for i in theirs.split('.')[1:3])
+            layer = sum(depths[:stage]) + block + 1
+        else:
+            layer = layers + 1
+        ndim = 4 if theirs.endswith(('grn.gamma', 'grn.beta')) else param.ndim
+        no_decay = ndim == 1 or theirs.endswith(('.bias', '.gamma', '.beta'))
+        decay = 0.0 if no_decay else weight_decay
+        out[name] = (layer_decay ** (layers + 1 - layer), decay)
     return out
 
 
@@ -101,6 +155,39 @@ class TestParamGroups:
         # One group per (layer, decay): 14 layers x 2.
         assert len(groups) == 2 * 14
 
+    def test_against_mmearth_train(self, task: MMEarthClassificationTask) -> None:
+        # MMEarth-train's fine-tuning groups, by an independent rewrite of its rules.
+        # They differ only where docs/fixes.md says ("Layer-wise learning-rate decay
+        # reaches the stem"): its custom stem is in the top layer (not decayed),
+        # each downsampling layer has the rate of the stage below the one it feeds.
+        got = {
+            name.removeprefix('model.'): value
+            for name, value in named_groups(
+                param_groups_layer_decay(task, 0.3, 0.9), task
+            ).items()
+        }
+        official = mmearth_train_groups(task.model, 0.3, 0.9, ATTO)
+        assert got.keys() == official.keys()
+        assert {n: d for n, (_, d) in got.items()} == {
+            n: d for n, (_, d) in official.items()
+        }
+        different = {
+            name
+            for name in got
+            if got[name][0] != pytest.approx(official[name][0], rel=1e-12)
+        }
+        stem = {name for name in got if name.startswith('stem.')}
+        downsampling = {name for name in got if '.downsample.' in name}
+        assert different == stem | downsampling
+        for name in stem:
+            assert (got[name][0], official[name][0]) == (pytest.approx(0.9**13), 1.0)
+        for name in downsampling:
+            stage = int(name.split('.')[1])
+            assert got[name][0] == pytest.approx(0.9 ** (12 - sum(ATTO[:stage])))
+            assert official[name][0] == pytest.approx(
+                0.9 ** (12 - sum(ATTO[: stage - 1]))
+            )
+
     def test_same_layers_as_the_model_in_timm(
         self, task: MMEarthClassificationTask
     ) -> None:
@@ -144,6 +231,24 @@ class TestParamGroups:
         assert got['0.gamma'] == (1.0, 0.0)
         assert got['0.beta'] == (1.0, 0.0)
         assert got['0.weight'] == (1.0, 0.3)
+
+    @pytest.mark.parametrize('decay_grn', [True, False])
+    def test_pretraining(
+        self, task: MMEarthClassificationTask, decay_grn: bool
+    ) -> None:
+        groups = pretraining_param_groups(task, 0.05, decay_grn)
+        got = {
+            name: decay
+            for name, (_, decay) in named_groups(
+                [{**g, 'lr_scale': 1.0} for g in groups], task
+            ).items()
+        }
+        grn = {name for name in got if '.grn.' in name}
+        assert len(grn) == 24  # 12 blocks, weight and bias
+        for name, parameter in task.named_parameters():
+            timm_rule = parameter.ndim > 1 and not name.endswith('.bias')
+            expected = timm_rule or (decay_grn and name in grn)
+            assert got[name] == (0.05 if expected else 0.0), name
 
     def test_unet_encoder_found(self) -> None:
         unet = MMEarthUNet(num_classes=3)

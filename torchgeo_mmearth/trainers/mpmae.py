@@ -1,6 +1,8 @@
 """Trainer for MP-MAE pretraining on MMEarth corpora."""
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,14 +11,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
-
-# timm.optim has no __all__, so mypy does not see its re-exports.
-from timm.optim import param_groups_weight_decay  # type: ignore[attr-defined]
 from torch import Tensor
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim import AdamW, Optimizer
 from torchvision.models._api import WeightsEnum
 
 from .._compat import BaseTask
@@ -24,7 +23,7 @@ from .._panels import has_data
 from ..modalities import Level, default_pretext_tasks
 from ..models import MPMAE, MPMAEOutput, PretrainedLoad, pretraining_checkpoint
 from .callbacks import CheckpointOnInterrupt
-from .optim import warmup_cosine
+from .optim import pretraining_param_groups
 from .plotting import (
     RECONSTRUCTION_CAPTION,
     Panel,
@@ -46,12 +45,26 @@ class MPMAETask(BaseTask):
     the corpus (:class:`~torchgeo_mmearth.models.MPMAE`). Use it with
     :class:`~torchgeo_mmearth.datamodules.MMEarthDataModule`.
 
-    The defaults are the published recipe: AdamW with betas (0.9, 0.95) and weight
-    decay 0.05 (not on norms, biases and other 1-D parameters), learning rate
-    ``base_lr * effective batch / 256`` where the effective batch is the batch size
-    times gradient accumulation times the number of processes, a linear warm-up per
-    step followed by a half-cycle cosine to ``min_lr``. Set the number of epochs and
-    the gradient accumulation (``accumulate_grad_batches``) on the Trainer.
+    The defaults are the published recipe, step for step as MMEarth-train's
+    ``main_pretrain.py``: AdamW with betas (0.9, 0.95) and weight decay 0.05 on the
+    parameters with 2 or more dimensions and on the GRN parameters (not on norms,
+    biases and other 1-D parameters), learning rate ``base_lr * effective batch /
+    256`` where the effective batch is the batch size times gradient accumulation
+    times the number of processes, set before every optimizer step from the
+    fractional epoch: a linear warm-up from 0, then a half-cycle cosine to
+    ``min_lr`` at the last epoch. Set the number of epochs and the gradient
+    accumulation (``accumulate_grad_batches``) on the Trainer. With accumulation,
+    an epoch of ``n`` micro-batches has ``n // accumulate_grad_batches`` optimizer
+    steps: the gradients of the micro-batches left over are dropped, as
+    MMEarth-train drops them (Lightning's ``global_step`` counts the dropped window
+    as a step all the same).
+
+    **Non-finite gradients.** A step whose gradients are not all finite is skipped:
+    parameters, AdamW moments and the schedule stay where they were. Skipped steps
+    are logged (``train_skipped_steps``) and reported in a warning; after
+    ``max_nonfinite_steps`` of them in a row the run stops with an error naming the
+    step and the tasks whose loss was not finite. The check runs on the device,
+    without making the host wait for it at every step.
 
     The encoder is ``self.model``, a plain timm model named by ``hparams['model']``,
     so a checkpoint of this task is a backbone for TorchGeo's own tasks
@@ -94,6 +107,8 @@ class MPMAETask(BaseTask):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40.0,
+        grn_weight_decay: bool = True,
+        max_nonfinite_steps: int | None = 5,
         plot_every_n_steps: int | None = 1000,
         weights: WeightsEnum | str | None = None,
     ) -> None:
@@ -131,9 +146,16 @@ class MPMAETask(BaseTask):
             lr: absolute learning rate, instead of the one derived from *base_lr*.
             min_lr: learning rate at the end of the cosine schedule.
             weight_decay: AdamW weight decay of the parameters with 2 or more
-                dimensions.
+                dimensions (and of the GRN parameters, see *grn_weight_decay*).
             betas: AdamW betas.
             warmup_epochs: epochs of linear warm-up (fractions allowed).
+            grn_weight_decay: decay the GRN parameters as MMEarth-train's
+                pretraining does (True), or exempt them as 1-D parameters (False;
+                see :doc:`/fixes`).
+            max_nonfinite_steps: stop after this many optimizer steps in a row
+                skipped for non-finite gradients; None never stops. The counters are
+                read every ``log_every_n_steps`` optimizer steps and at the end of
+                each epoch, so the run stops at the first reading after the limit.
             plot_every_n_steps: log a reconstruction figure every this many training
                 steps to loggers that take figures; None never.
             weights: a whole MP-MAE checkpoint to continue pretraining from: an
@@ -144,9 +166,14 @@ class MPMAETask(BaseTask):
 
         Raises:
             ValueError: for a target modality the format does not know, an input
-                size that is not a multiple of the patch size, or weights whose
-                encoder is not this task's.
+                size that is not a multiple of the patch size, a
+                *max_nonfinite_steps* below 1, or weights whose encoder is not this
+                task's.
         """
+        if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
+            raise ValueError(
+                f'max_nonfinite_steps must be >= 1 or None, got {max_nonfinite_steps}'
+            )
         if input_size % patch_size:
             raise ValueError(
                 f'input_size {input_size} must be a multiple of patch_size {patch_size}'
@@ -201,6 +228,13 @@ class MPMAETask(BaseTask):
         self._task_history: dict[str, dict[str, list[tuple[int, float]]]] = {}
         # The validation tile the figure draws, chosen once (see _figure_tile).
         self._figure_index: int | None = None
+        # The optimizer steps (counted on the device from on_train_start on), the
+        # state of a checkpoint being resumed, the learning-rate schedule and the
+        # micro-batches of an epoch that end in an optimizer step.
+        self._steps: _OptimizerSteps | None = None
+        self._resumed_steps: dict[str, Tensor] | None = None
+        self._schedule: _PretrainingSchedule | None = None
+        self._skipped_reported = 0
 
     def _load_weights(self, weights: WeightsEnum | str) -> PretrainedLoad:
         """Initialise MP-MAE from *weights* and log what was loaded."""
@@ -237,17 +271,18 @@ class MPMAETask(BaseTask):
 
         Returns:
             The total loss.
-
-        Raises:
-            FloatingPointError: if the loss is NaN or infinite; the message names the
-                step and the tasks whose loss is not finite.
         """
         self._check_input(batch)
         output: MPMAEOutput = self(batch)
-        self._check_finite(output)
         batch_size = len(output.mask)
+        losses = torch.stack([output.loss, *output.task_losses.values()]).detach()
+        if self._steps is not None:
+            first = batch_idx % self.trainer.accumulate_grad_batches == 0
+            self._steps.record_losses(losses, first)
+            skipped = self._steps.skipped.float()
+            self.log('train_skipped_steps', skipped, batch_size=batch_size)
         self._log_step('train', output, batch_size)
-        self._add_to_epoch_loss('train', output, batch_size)
+        self._add_to_epoch_loss('train', losses, batch_size)
         self.log('train_feature_std', _feature_std(output), batch_size=batch_size)
         for name, value in self.mpmae.task_log_variances().items():
             self.log(f'train_log_var_{name}', value, batch_size=batch_size)
@@ -278,7 +313,8 @@ class MPMAETask(BaseTask):
         output = self(batch, generator=generator)
         self._log_step('val', output, len(output.mask))
         if not self.trainer.sanity_checking:
-            self._add_to_epoch_loss('val', output, len(output.mask))
+            losses = torch.stack([output.loss, *output.task_losses.values()])
+            self._add_to_epoch_loss('val', losses, len(output.mask))
         if batch_idx == 0:
             # The same tile of the first batch, with the same mask, at every epoch.
             self._log_figure(batch, output, 'val')
@@ -292,9 +328,80 @@ class MPMAETask(BaseTask):
         """
         return [CheckpointOnInterrupt(), RandomStateCheckpoint()]
 
+    def on_train_start(self) -> None:
+        """Start counting the optimizer steps on the device, or go on from a checkpoint."""
+        steps = _OptimizerSteps(len(self.mpmae.tasks), self.device)
+        if self._resumed_steps is not None:
+            steps.load_state_dict(self._resumed_steps)
+            # Reported by the run that saved them (CPU tensors: no wait).
+            self._skipped_reported = int(self._resumed_steps['skipped'])
+        else:  # a checkpoint written before the steps were counted: none skipped
+            steps.applied.fill_(self.trainer.global_step)
+        steps.step.fill_(self.trainer.global_step)
+        self._steps, self._resumed_steps = steps, None
+        for group in self.trainer.optimizers[0].param_groups:
+            # The groups of a checkpoint replace the optimizer's: one written before
+            # the task used fused AdamW would turn it off.
+            group['fused'] = True
+        self._set_learning_rate()
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Flag the step for fused AdamW to skip if a gradient is not finite.
+
+        Args:
+            optimizer: the optimizer about to step.
+        """
+        if self._steps is not None:
+            self._steps.check_gradients(optimizer)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Optimizer | LightningOptimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Step as MMEarth-train does; then set the learning rate of the next step.
+
+        The micro-batches left over at the end of an epoch, fewer than
+        ``accumulate_grad_batches``, are computed and their gradients dropped
+        (MMEarth-train's ``train_one_epoch`` steps only after full windows and
+        zeroes the gradients when the next epoch starts). A step skipped for
+        non-finite gradients leaves the schedule where it was. Every
+        ``log_every_n_steps`` steps the counters are read (see
+        *max_nonfinite_steps*).
+
+        Args:
+            epoch: the current epoch.
+            batch_idx: index of the last micro-batch of the step.
+            optimizer: the optimizer.
+            optimizer_closure: training step and backward of the last micro-batch.
+
+        Raises:
+            FloatingPointError: after *max_nonfinite_steps* skipped steps in a row.
+        """
+        steps, schedule = self._steps, self._schedule
+        if steps is None or schedule is None:  # not fitting: Lightning's own step
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        if batch_idx >= schedule.stepping_micro_batches:
+            if optimizer_closure is not None:
+                optimizer_closure()
+            steps.step.add_(1)
+            return
+        optimizer.step(closure=optimizer_closure)
+        steps.stepped(self.hparams['max_nonfinite_steps'])
+        self._set_learning_rate()
+        # Set by Lightning's logger connector, not declared on the Trainer.
+        every = int(getattr(self.trainer, 'log_every_n_steps', 1)) or 1
+        if (self.trainer.global_step + 1) % every == 0:
+            self._check_skipped_steps(self.trainer.global_step)
+
     def on_train_epoch_end(self) -> None:
-        """Record the mean training loss of the epoch."""
+        """Record the mean training loss of the epoch; check the skipped steps."""
         self._record_epoch_loss('train')
+        if self._steps is not None:
+            self._check_skipped_steps(self.global_step - 1)
 
     def on_validation_epoch_end(self) -> None:
         """Record the mean validation loss (not of the sanity check)."""
@@ -324,6 +431,8 @@ class MPMAETask(BaseTask):
             'input_size': self.hparams['input_size'],
             'corpus': corpus,
         }
+        if self._steps is not None:
+            checkpoint['mmearth_steps'] = self._steps.state_dict()
         # What the final figure draws, so that a resumed run's covers the whole run.
         checkpoint['mmearth_progress'] = {
             'loss_history': self._loss_history,
@@ -338,11 +447,12 @@ class MPMAETask(BaseTask):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the losses and first figure rows of the run being resumed.
+        """Restore the step counters, losses and first figure rows of a run.
 
         Args:
             checkpoint: the checkpoint being loaded.
         """
+        self._resumed_steps = checkpoint.get('mmearth_steps')
         progress = checkpoint.get('mmearth_progress')
         if progress is None:  # written before this was recorded
             return
@@ -397,34 +507,96 @@ class MPMAETask(BaseTask):
             print(f'Reconstruction figure: {figure_path}')
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """AdamW with per-step linear warm-up and cosine decay.
+        """Fused AdamW; the learning rate is set before every step (no scheduler).
 
         Returns:
-            The optimizer and the per-step learning-rate schedule.
+            The optimizer.
 
         Raises:
             ValueError: if the learning rate cannot be derived (no datamodule batch
-                size and no *lr*) or the Trainer has no epoch limit.
+                size and no *lr*), the Trainer has no epoch limit or the number of
+                training batches per epoch is unknown.
         """
         hparams = self.hparams
         lr = hparams['lr'] or self._scaled_lr()
-        groups = param_groups_weight_decay(self, hparams['weight_decay'])
-        optimizer = AdamW(groups, lr=lr, betas=tuple(hparams['betas']))
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs
+        groups = pretraining_param_groups(
+            self, hparams['weight_decay'], hparams['grn_weight_decay']
+        )
+        # Fused AdamW skips a step flagged by found_inf (parameters, moments and
+        # step count) on the device, and takes the learning rate as a tensor.
+        optimizer = AdamW(groups, lr=lr, betas=tuple(hparams['betas']), fused=True)
+        trainer = self.trainer
+        epochs = trainer.max_epochs
         if epochs is None or epochs < 1:
             raise ValueError(
                 'MPMAETask needs trainer.max_epochs to place its warm-up and cosine '
                 'schedule'
             )
-        warmup = round(hparams['warmup_epochs'] * total / epochs)
-        schedule = LambdaLR(
-            optimizer, warmup_cosine(warmup, total, hparams['min_lr'] / lr)
+        # Loads the training data if not yet, for num_training_batches.
+        if not math.isfinite(trainer.estimated_stepping_batches):
+            raise ValueError(
+                'MPMAETask needs training data of known length to place its '
+                'schedule; set trainer.limit_train_batches to an int'
+            )
+        self._schedule = _PretrainingSchedule(
+            lr=lr,
+            min_lr=hparams['min_lr'],
+            warmup_epochs=hparams['warmup_epochs'],
+            epochs=epochs,
+            micro_batches=int(trainer.num_training_batches),
+            accumulation=trainer.accumulate_grad_batches,
         )
-        return {
-            'optimizer': optimizer,
-            'lr_scheduler': {'scheduler': schedule, 'interval': 'step'},
-        }
+        return optimizer
+
+    def _set_learning_rate(self) -> None:
+        """Give every group the learning rate of the next step, on the device."""
+        if self._steps is None or self._schedule is None:
+            return
+        lr = self._schedule(self._steps.applied)
+        if lr.device.type != 'cpu':
+            lr = lr.float()  # what the fused CUDA kernels read; CPU reads a double
+        for group in self.trainer.optimizers[0].param_groups:
+            group['lr'] = lr
+
+    def _check_skipped_steps(self, last_step: int) -> None:
+        """Read the step counters (one host synchronisation); warn, or stop.
+
+        Args:
+            last_step: the step just taken (Lightning's ``global_step`` before it).
+
+        Raises:
+            FloatingPointError: after *max_nonfinite_steps* skipped steps in a row.
+        """
+        steps = self._steps
+        if steps is None:
+            return
+        skipped, stop_step = torch.stack([steps.skipped, steps.stop_step]).tolist()
+        limit = self.hparams['max_nonfinite_steps']
+        if stop_step >= 0:
+            # Every process stops here at the same step: their gradients are equal.
+            total, *flags = self.trainer.strategy.reduce(
+                steps.stop_losses.float(), reduce_op='sum'
+            ).tolist()
+            bad = [
+                task.name
+                for task, flag in zip(self.mpmae.tasks, flags, strict=True)
+                if flag
+            ]
+            losses = bad if bad else 'none (the aggregation)' if total else 'none'
+            raise FloatingPointError(
+                f'MP-MAE stopped: {limit} optimizer steps in a row had non-finite '
+                f'gradients and were skipped, the last at step {stop_step} '
+                f'(max_nonfinite_steps={limit}); tasks with a non-finite loss: '
+                f'{losses}'
+            )
+        if skipped > self._skipped_reported:
+            stops = f'; the run stops after {limit} in a row' if limit else ''
+            rank_zero_warn(
+                f'MP-MAE skipped {skipped - self._skipped_reported} optimizer steps '
+                f'with non-finite gradients up to step {last_step} '
+                f'({skipped} in all{stops})'
+            )
+            self._skipped_reported = skipped
 
     def _scaled_lr(self) -> float:
         """``base_lr * batch size * accumulation * processes / 256``."""
@@ -453,15 +625,6 @@ class MPMAETask(BaseTask):
                 f'{expected[1]}, {expected[1]}) (in_channels, input_size), got {shape}'
             )
 
-    def _check_finite(self, output: MPMAEOutput) -> None:
-        if bool(torch.isfinite(output.loss)):
-            return
-        bad = [name for name, loss in output.task_losses.items() if not loss.isfinite()]
-        raise FloatingPointError(
-            f'MP-MAE loss is {output.loss.item()} at step {self.global_step}; '
-            f'tasks with a non-finite loss: {bad or "none (the aggregation)"}'
-        )
-
     def _log_step(self, stage: str, output: MPMAEOutput, batch_size: int) -> None:
         self.log(f'{stage}_loss', output.loss, batch_size=batch_size, prog_bar=True)
         for name, loss in output.task_losses.items():
@@ -469,14 +632,12 @@ class MPMAETask(BaseTask):
         for name, fraction in output.valid_fractions.items():
             self.log(f'{stage}_valid_{name}', fraction, batch_size=batch_size)
 
-    def _add_to_epoch_loss(
-        self, stage: str, output: MPMAEOutput, batch_size: int
-    ) -> None:
+    def _add_to_epoch_loss(self, stage: str, losses: Tensor, batch_size: int) -> None:
         """Add a batch to the epoch's sums of the total and of each task's loss.
 
-        A task counts only in batches where it had targets (else its loss is 0).
+        *losses* are the total, then each task's. A task counts only in batches
+        where it had targets (else its loss is 0).
         """
-        losses = torch.stack([output.loss, *output.task_losses.values()]).detach()
         counted = torch.ones_like(losses)
         counted[1:] = (losses[1:] != 0).to(losses.dtype)
         sums = self._epoch_loss_sums.setdefault(
@@ -578,11 +739,169 @@ def _feature_std(output: MPMAEOutput) -> Tensor:
     """Mean over channels of the std of L2-normalised features across visible cells.
 
     About ``1 / sqrt(C)`` for healthy features, near 0 when the representation
-    collapses to a constant.
+    collapses to a constant. Weighted sums rather than indexing, which would make
+    the host wait for the device.
     """
-    features = output.features.detach().permute(0, 2, 3, 1).flatten(0, 2)
-    visible = (~output.mask).flatten()
-    rows = F.normalize(features[visible].float(), dim=1)
-    if len(rows) < 2:
-        return torch.zeros((), device=features.device)
-    return rows.std(dim=0).mean()
+    features = output.features.detach().permute(0, 2, 3, 1).flatten(0, 2).float()
+    rows = F.normalize(features, dim=1)
+    visible = (~output.mask).flatten().to(rows.dtype).unsqueeze(1)
+    count = visible.sum()
+    mean = (rows * visible).sum(0) / count.clamp(min=1)
+    variance = ((rows - mean) ** 2 * visible).sum(0) / (count - 1).clamp(min=1)
+    return torch.where(count >= 2, variance.sqrt().mean(), 0.0)
+
+
+@dataclass(frozen=True)
+class _PretrainingSchedule:
+    """MMEarth-train's learning rate of pretraining, per optimizer step.
+
+    ``helpers.adjust_learning_rate`` at the fractional epoch ``epoch + i / n``,
+    where ``i`` is the micro-batch that starts the step's accumulation window and
+    ``n`` the micro-batches of an epoch: a linear warm-up from 0 over
+    *warmup_epochs*, then a half-cycle cosine to *min_lr* at *epochs*. An epoch
+    has ``n // accumulation`` steps (at least one, on the micro-batches there are).
+    """
+
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    epochs: int
+    micro_batches: int
+    accumulation: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in an epoch."""
+        return max(self.micro_batches // self.accumulation, 1)
+
+    @property
+    def stepping_micro_batches(self) -> int:
+        """The micro-batches of an epoch whose gradients are used."""
+        return min(self.steps_per_epoch * self.accumulation, self.micro_batches)
+
+    def __call__(self, applied: Tensor) -> Tensor:
+        """The learning rate of the step after *applied* steps, on its device.
+
+        Args:
+            applied: optimizer steps applied so far, an integer tensor.
+
+        Returns:
+            The learning rate, float64.
+        """
+        epoch = (applied // self.steps_per_epoch).double()
+        within = applied % self.steps_per_epoch * self.accumulation
+        epoch = within.double() / self.micro_batches + epoch
+        warmup = self.lr * epoch / (self.warmup_epochs or 1.0)
+        progress = math.pi * (epoch - self.warmup_epochs)
+        progress = progress / ((self.epochs - self.warmup_epochs) or 1.0)
+        cosine = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + progress.cos())
+        return torch.where(epoch < self.warmup_epochs, warmup, cosine)
+
+
+class _OptimizerSteps:
+    """The optimizer steps of a run, counted on the device.
+
+    Nothing here makes the host wait for the device; the host reads the counters
+    only when it checks them (:meth:`MPMAETask._check_skipped_steps`).
+    """
+
+    #: The counters a checkpoint keeps.
+    saved = ('applied', 'skipped', 'in_a_row', 'stop_step', 'run_losses', 'stop_losses')
+
+    def __init__(self, tasks: int, device: torch.device) -> None:
+        """Initialize a new _OptimizerSteps instance.
+
+        Args:
+            tasks: number of pretext tasks.
+            device: the device of the parameters.
+        """
+
+        def zero(dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.zeros((), dtype=dtype, device=device)
+
+        #: Lightning's global_step: every optimizer_step, dropped windows included.
+        self.step = zero()
+        #: Steps that updated the parameters: the schedule's position.
+        self.applied = zero()
+        #: Steps skipped for non-finite gradients, in all and in a row.
+        self.skipped = zero()
+        self.in_a_row = zero()
+        #: The step at which in_a_row reached max_nonfinite_steps; -1 before.
+        self.stop_step = zero() - 1
+        #: Non-finite losses (the total, then each task's): in the current
+        #: accumulation window, in the current run of skipped steps, in the run
+        #: that reached the limit.
+        self.window_losses = torch.zeros(tasks + 1, dtype=torch.bool, device=device)
+        self.run_losses = torch.zeros_like(self.window_losses)
+        self.stop_losses = torch.zeros_like(self.window_losses)
+        #: 1 where a gradient is not finite: fused AdamW then skips its update.
+        self.found_inf = zero(torch.float32)
+        self._one = torch.ones((), device=device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The counters for a checkpoint.
+
+        Returns:
+            The counters, on the CPU.
+        """
+        return {name: getattr(self, name).cpu() for name in self.saved}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Set the counters from a checkpoint.
+
+        Args:
+            state: a state of :meth:`state_dict`.
+        """
+        for name in self.saved:
+            getattr(self, name).copy_(state[name])
+
+    def record_losses(self, losses: Tensor, first: bool) -> None:
+        """Note which losses of a micro-batch are not finite.
+
+        Args:
+            losses: the total loss, then each task's.
+            first: whether the micro-batch starts an accumulation window.
+        """
+        if first:
+            self.window_losses.zero_()
+        self.window_losses |= ~losses.isfinite()
+
+    def check_gradients(self, optimizer: Optimizer) -> None:
+        """Set the optimizer's ``found_inf`` (as GradScaler does) from its gradients.
+
+        Args:
+            optimizer: a fused AdamW.
+        """
+        grads = [
+            param.grad
+            for group in optimizer.param_groups
+            for param in group['params']
+            if param.grad is not None
+        ]
+        self.found_inf.zero_()
+        if grads:
+            # GradScaler's check; unscaling by 1 leaves the gradients as they are.
+            torch._amp_foreach_non_finite_check_and_unscale_(
+                grads, self.found_inf, self._one
+            )
+        optimizer.found_inf = self.found_inf  # type: ignore[attr-defined]
+
+    def stepped(self, limit: int | None) -> None:
+        """Count a step that the optimizer applied or skipped by ``found_inf``.
+
+        Args:
+            limit: *max_nonfinite_steps*.
+        """
+        skipped = self.found_inf.bool()
+        self.applied += ~skipped
+        self.skipped += skipped
+        self.in_a_row.add_(1).mul_(skipped)
+        self.run_losses |= self.window_losses
+        self.run_losses &= skipped
+        if limit is not None:
+            reached = (self.in_a_row == limit) & (self.stop_step < 0)
+            self.stop_step.copy_(torch.where(reached, self.step, self.stop_step))
+            self.stop_losses.copy_(
+                torch.where(reached, self.run_losses, self.stop_losses)
+            )
+        self.step += 1

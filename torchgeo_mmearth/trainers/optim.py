@@ -1,4 +1,4 @@
-"""MMEarth's fine-tuning optimiser: layer-wise learning-rate decay and a per-step cosine.
+"""MMEarth's optimisers: pretraining weight decay, fine-tuning layer decay and cosine.
 
 MMEarth (Nedungadi et al., "MMEarth: Exploring Multi-Modal Pretext Tasks For
 Geospatial Representation Learning", ECCV 2024, https://arxiv.org/abs/2405.02771)
@@ -17,6 +17,9 @@ fine-tunes and linearly probes its ConvNeXt V2 encoders on GEO-Bench
 :func:`configure_optimizers` assembles them for the TorchGeo tasks of this
 package; :func:`add_param_group` adds parameters that are unfrozen during
 training (the UNet protocol) so that the schedule drives them as well.
+
+MP-MAE pretraining decays the GRN parameters, as MMEarth-train's pretraining does
+(:func:`pretraining_param_groups`).
 """
 
 import fnmatch
@@ -35,16 +38,67 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from ..models.mmearth_convnextv2 import MMEarthConvNeXtV2
 
 __all__ = [
+    'GRN_PARAMETERS',
     'WarmupCosineLR',
     'add_param_group',
     'configure_optimizers',
     'param_groups_layer_decay',
+    'pretraining_param_groups',
     'warmup_cosine',
 ]
 
 #: Parameter names never decayed by MMEarth's optimiser factory, besides 1-D
 #: parameters and biases (``fnmatch`` patterns, as timm's ``no_weight_decay_list``).
 NO_WEIGHT_DECAY = ('*.gamma', '*.beta')
+
+#: The GRN parameters of the MMEarth ConvNeXt V2 blocks, timm's ``grn.weight`` and
+#: ``grn.bias`` (``fnmatch`` patterns). They are 1-D here; MMEarth-train's are
+#: ``gamma`` and ``beta`` of shape (1, 1, 1, C) (dense blocks) or (1, C) (sparse
+#: ones), so its pretraining decays them: timm's rule exempts only 1-D parameters and
+#: names ending in ``.bias``.
+GRN_PARAMETERS = ('*.grn.weight', '*.grn.bias')
+
+
+def pretraining_param_groups(
+    module: nn.Module, weight_decay: float, decay_grn: bool = True
+) -> list[dict[str, Any]]:
+    """Parameter groups of MMEarth-train's pretraining (``main_pretrain.py``).
+
+    timm's ``param_groups_weight_decay``: no weight decay on 1-D parameters and
+    biases, *weight_decay* on the others, frozen parameters left out. With
+    *decay_grn*, the GRN parameters (:data:`GRN_PARAMETERS`) are decayed too, as
+    MMEarth-train's pretraining decays its GRN ``gamma`` and ``beta``, which have
+    more dimensions than ours.
+
+    Args:
+        module: the model, or a LightningModule holding it.
+        weight_decay: decay of the decayed group.
+        decay_grn: decay the GRN parameters (True, as MMEarth-train) or not.
+
+    Returns:
+        Two groups with ``params`` and ``weight_decay``: not decayed, decayed.
+    """
+    patterns = GRN_PARAMETERS if decay_grn else ()
+    forced = {
+        id(param)
+        for name, param in module.named_parameters()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    }
+    exempt: list[nn.Parameter] = []
+    decayed: list[nn.Parameter] = []
+    groups = timm_optim.param_groups_weight_decay(  # type: ignore[attr-defined]
+        module, weight_decay
+    )
+    for group in groups:
+        for param in group['params']:
+            if group['weight_decay'] == 0 and id(param) not in forced:
+                exempt.append(param)
+            else:
+                decayed.append(param)
+    return [
+        {'params': exempt, 'weight_decay': 0.0},
+        {'params': decayed, 'weight_decay': weight_decay},
+    ]
 
 
 def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:
