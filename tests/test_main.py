@@ -1,7 +1,10 @@
 import importlib.metadata
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -223,11 +226,64 @@ class TestLightningCommands:
         args = ['fit', '--config', str(EXAMPLE), '--ckpt_path']
         missing = tmp_path / 'missing.ckpt'
         assert main([*args, str(missing)]) == 2
-        assert error_line(capsys) == f'error: --ckpt_path {missing}: no such file'
+        assert error_line(capsys) == (
+            f'error: --ckpt_path {missing}: no such file; the newest readable '
+            f'checkpoint in {tmp_path} is {tmp_path / "mpmae.ckpt"}: resume with '
+            f'--ckpt_path {tmp_path / "mpmae.ckpt"}'
+        )
         assert main([*args, str(truncated)]) == 2
         assert error_line(capsys).startswith(
-            f'error: --ckpt_path: {truncated} is truncated or not a PyTorch checkpoint'
+            f'error: --ckpt_path {truncated} is truncated or not a PyTorch checkpoint'
         )
+
+    def test_broken_checkpoint_names_the_one_to_resume_from(
+        self, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A run killed while an older Lightning copied last.ckpt into place: an
+        # empty or truncated last.ckpt beside the checkpoints of earlier epochs.
+        folder = tmp_path / 'checkpoints'
+        folder.mkdir()
+        older, newer = folder / 'epoch=0-step=5.ckpt', folder / 'epoch=1-step=10.ckpt'
+        for path, age in ((older, 200), (newer, 100)):
+            path.write_bytes(checkpoint.read_bytes())
+            os.utime(path, (time.time() - age,) * 2)
+        last = folder / 'last.ckpt'
+        last.touch()
+        args = ['fit', '--config', str(EXAMPLE), '--ckpt_path', str(last)]
+        assert main(args) == 2
+        assert error_line(capsys) == (
+            f'error: --ckpt_path {last} is empty (0 bytes); the newest readable '
+            f'checkpoint in {folder} is {newer}: resume with --ckpt_path {newer}'
+        )
+        # Truncated, as is the newest other checkpoint: the older one is named.
+        last.write_bytes(checkpoint.read_bytes()[:300])
+        newer.write_bytes(checkpoint.read_bytes()[:300])
+        assert main(args) == 2
+        line = error_line(capsys)
+        assert line.startswith(f'error: --ckpt_path {last} is truncated')
+        assert line.endswith(
+            f'; the newest readable checkpoint in {folder} is {older}: resume with '
+            f'--ckpt_path {older}'
+        )
+        older.unlink()
+        assert main(args) == 2
+        assert error_line(capsys).endswith(
+            f'; no other readable checkpoint in {folder}'
+        )
+
+    def test_lightnings_own_sigterm_exits_with_its_status(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Before the first training step (the sanity check), Lightning handles
+        # SIGTERM: its SIGTERMException has no status, which would exit 0.
+        import torchgeo.main
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        def stopped(args: list[str] | None) -> None:
+            raise SIGTERMException
+
+        monkeypatch.setattr(torchgeo.main, 'main', stopped)
+        assert main(['fit', '--config', str(EXAMPLE)]) == 128 + signal.SIGTERM
 
     def test_valid_config_and_help_still_work(
         self, capsys: pytest.CaptureFixture[str]

@@ -19,7 +19,9 @@ their enum name (``weights: MMEarthWeights.S2_MP_MAE``). Five more subcommands:
 COMMAND --help`` shows the options of one, ``torchgeo-mmearth --version`` prints
 the versions of the plugin and of TorchGeo. A mistake (a missing or corrupt file,
 an output that exists, an option that does not fit) is one line, ``error:
-<message>``, naming the file or flag, and the exit status 2 (130 for Ctrl-C);
+<message>``, naming the file or flag, and the exit status 2 (130 for Ctrl-C;
+``fit`` stopped by SIGTERM or SIGUSR1 ends with 143 or 138, 128 + the signal's
+number, after saving a checkpoint and printing the command that resumes);
 ``torchgeo-mmearth --debug COMMAND ...`` or ``TORCHGEO_MMEARTH_DEBUG=1`` shows the
 full traceback instead.
 """
@@ -257,7 +259,8 @@ def main(args: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0, 2 for a mistake (one ``error:`` line on stderr), 130
-        when interrupted.
+        when interrupted, 128 + the signal's number when SIGTERM or SIGUSR1
+        stopped a Lightning command (143, 138).
     """
     argv = list(sys.argv[1:] if args is None else args)
     debug = False
@@ -284,10 +287,9 @@ def main(args: Sequence[str] | None = None) -> int:
                 # for calls from Python.
                 sys.argv[1:] = argv
             try:
-                _lightning(None if args is None else argv)
+                return _lightning(None if args is None else argv)
             except CommandLineError as error:
                 return report_error(error)
-            return 0
         return report_error(
             CommandLineError(
                 f'unknown command {command!r}; the commands are '
@@ -318,13 +320,20 @@ def _run(command: str, argv: list[str]) -> int:
     return embed(argv)
 
 
-def _lightning(argv: list[str] | None) -> None:
-    """Run TorchGeo's LightningCLI, its mistakes raised as CommandLineError."""
+def _lightning(argv: list[str] | None) -> int:
+    """Run TorchGeo's LightningCLI, its mistakes raised as CommandLineError.
+
+    Returns:
+        The exit status: 0, or 128 + the signal's number for a run stopped by
+        SIGTERM or SIGUSR1.
+    """
+    import signal
     from unittest import mock
 
     # Importing the plugin registers its classes with jsonargparse (short class
     # names), its models with timm and smp, and its weights with TorchGeo.
     import torchgeo.main
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from . import datamodules, models, trainers  # noqa: F401
 
@@ -335,8 +344,13 @@ def _lightning(argv: list[str] | None) -> None:
     try:
         with mock.patch.object(torchgeo.main, 'LightningCLI', _explaining_cli()):
             torchgeo.main.main(argv)
+    except SIGTERMException as stopped:
+        # CheckpointOnInterrupt's StoppedBySignal holds its status; Lightning's
+        # own (SIGTERM outside the training steps) none, which would exit 0.
+        return stopped.code if isinstance(stopped.code, int) else 128 + signal.SIGTERM
     finally:
         rank_zero.removeFilter(tips)
+    return 0
 
 
 class _DropTips(logging.Filter):
@@ -353,7 +367,7 @@ def _explaining_cli() -> 'type[LightningCLI]':
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-    from .trainers import resume_in_version_folder
+    from .trainers import resume_in_version_folder, use_atomic_checkpoints
 
     class ExplainingCLI(LightningCLI):
         def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -382,6 +396,8 @@ def _explaining_cli() -> 'type[LightningCLI]':
         def before_fit(self) -> None:
             # A resumed run goes on in its version folder, not in a new one.
             resume_in_version_folder(self.trainer, self.config['fit'].get('ckpt_path'))
+            # Checkpoints of any task are whole or absent, never torn.
+            use_atomic_checkpoints(self.trainer)
 
     return ExplainingCLI
 
@@ -432,16 +448,53 @@ def _instantiation_error(error: BaseException) -> str:
 def _check_ckpt_path(path: str | None) -> None:
     """Refuse a ``--ckpt_path`` that is missing, truncated or no checkpoint.
 
+    A run killed while Lightning wrote ``last.ckpt`` (before torchgeo-mmearth
+    wrote checkpoints whole) leaves it empty or truncated; the error names the
+    newest readable checkpoint beside it, to resume from instead.
+
     Raises:
-        CommandLineError: naming the flag and the file.
+        CommandLineError: naming the flag, the file and the checkpoint to use.
     """
     if not path or path.startswith(_CKPT_PATH_NAMES) or '://' in path:
         return
+    from .models.checkpoints import CorruptCheckpointError, load_checkpoint
+
+    cause: Exception | None = None
+    if not os.path.isfile(path):
+        problem = f'--ckpt_path {path}: no such file'
+    elif os.path.getsize(path) == 0:
+        problem = f'--ckpt_path {path} is empty (0 bytes)'
+    else:
+        try:
+            load_checkpoint(path, mmap=True)
+            return
+        except CorruptCheckpointError as error:
+            cause = error
+            problem = (
+                f'--ckpt_path {path} is truncated or not a PyTorch checkpoint '
+                f'({error.reason})'
+            )
+        except (OSError, pickle.UnpicklingError) as error:
+            cause = error
+            problem = f'--ckpt_path: {error}'
+    raise CommandLineError(f'{problem}; {_older_checkpoint(path)}') from cause
+
+
+def _older_checkpoint(path: str) -> str:
+    """The newest readable checkpoint in the folder of *path*, as advice."""
     from .models.checkpoints import load_checkpoint
 
-    if not os.path.isfile(path):
-        raise CommandLineError(f'--ckpt_path {path}: no such file')
-    try:
-        load_checkpoint(path, mmap=True)
-    except (OSError, pickle.UnpicklingError) as error:
-        raise CommandLineError(f'--ckpt_path: {error}') from error
+    folder = Path(path).parent
+    given = Path(path).resolve()
+    candidates = [
+        other
+        for other in folder.glob('*.ckpt')
+        if other.resolve() != given and other.is_file()
+    ]
+    for other in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            load_checkpoint(other, mmap=True)
+        except (OSError, pickle.UnpicklingError):
+            continue
+        return f'the newest readable checkpoint in {folder} is {other}: resume with --ckpt_path {other}'
+    return f'no other readable checkpoint in {folder}'
