@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from torchgeo_mmearth.datamodules import MMEarthStreamingDataModule
 from torchgeo_mmearth.datasets import MMEarth
+
+from .test_streaming_resume import assert_same_run, fit
 
 boto3 = pytest.importorskip('boto3')
 moto_server = pytest.importorskip('moto.server')
@@ -45,20 +48,24 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         server.stop()
 
 
-def test_fit_batches_from_an_s3_endpoint(
-    mmearth_root: Path, mmearth_shards: Path, endpoint: str, tmp_path: Path
-) -> None:
+def upload(shards: Path, endpoint: str) -> str:
+    """Copy a shard folder to a bucket of the endpoint; return its S3 address."""
     client = boto3.client('s3', endpoint_url=endpoint)
     client.create_bucket(Bucket='corpora')
-    for path in mmearth_shards.rglob('*'):
+    for path in shards.rglob('*'):
         if path.is_file():
-            key = f'mmearth64/{path.relative_to(mmearth_shards).as_posix()}'
+            key = f'mmearth64/{path.relative_to(shards).as_posix()}'
             client.upload_file(str(path), 'corpora', key)
     listed = client.list_objects_v2(Bucket='corpora')['Contents']
     assert any(o['Key'].endswith('train/index.json') for o in listed)
+    return 's3://corpora/mmearth64'
 
+
+def test_fit_batches_from_an_s3_endpoint(
+    mmearth_root: Path, mmearth_shards: Path, endpoint: str, tmp_path: Path
+) -> None:
     dm = MMEarthStreamingDataModule(
-        's3://corpora/mmearth64',
+        upload(mmearth_shards, endpoint),
         batch_size=2,
         num_workers=1,
         cache_dir=str(tmp_path / 'cache'),
@@ -76,3 +83,20 @@ def test_fit_batches_from_an_s3_endpoint(
     assert set(by_id) == set(tiles)
     # The chunks came over HTTP from the endpoint into the cache.
     assert any(p.suffix == '.bin' for p in (tmp_path / 'cache').rglob('*'))
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_from_an_s3_endpoint(
+    mmearth_shards: Path, endpoint: str, tmp_path: Path
+) -> None:
+    # Resumed mid-epoch (with another chunk cache): the batches, steps and
+    # weights of an uninterrupted run, over the next epochs too.
+    input_dir = upload(mmearth_shards, endpoint)
+    options = {'storage_options': {'endpoint_url': endpoint}}
+    every_step = ModelCheckpoint(
+        dirpath=tmp_path / 'steps', every_n_train_steps=1, save_top_k=-1
+    )
+    uninterrupted = fit(input_dir, tmp_path / 'a', 1, callbacks=[every_step], **options)
+    (saved,) = (tmp_path / 'steps').glob('*step=4.ckpt')
+    resumed = fit(input_dir, tmp_path / 'b', 1, ckpt_path=saved, **options)
+    assert_same_run(resumed, uninterrupted, 4)

@@ -28,8 +28,13 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
     within chunks, from *seed* and the epoch. Lightning adds no
     DistributedSampler. The training loader is a
     :class:`litdata.StreamingDataLoader`, whose position in the epoch Lightning's
-    checkpoints keep: a run resumed from a checkpoint taken mid-epoch reads the
-    rest of that epoch, with no tile repeated or skipped.
+    checkpoints keep: a run resumed from a checkpoint taken mid-epoch (Ctrl-C's
+    ``interrupted.ckpt``, or ``ModelCheckpoint(every_n_train_steps=...)``) reads
+    the rest of that epoch, then the following epochs, in the order of an
+    uninterrupted run. A checkpoint taken mid-epoch resumes only with the numbers
+    of processes, DataLoader workers (0 and 1 are the same) and the batch size
+    that saved it (another is refused); one taken at the end of an epoch resumes
+    with any.
 
     A config switches an :class:`~torchgeo_mmearth.trainers.MPMAETask` run from
     the HDF5 corpus to shards by its ``data:`` section only (see
@@ -166,6 +171,10 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
             # the loader sets on its dataset when it starts iterating.
             persistent_workers=False,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
+            # Workers' seeds not from torch's global generator, which draws the
+            # masks and crops: a resumed run starts its first iterator after the
+            # checkpoint's random state is set, an uninterrupted run before.
+            generator=torch.Generator().manual_seed(self.kwargs['seed']),
         )
         if train:
             state = self._train_loader_state
