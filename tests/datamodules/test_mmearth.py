@@ -319,9 +319,9 @@ def test_distributed_ranks_read_their_own_share(
     ]
     assert len(shares[0]) == len(shares[1]) == 3
     assert not shares[0] & shares[1]
-    for rank in (0, 1):  # Lightning re-created the packed loader with its sampler
+    for rank in (0, 1):  # Lightning kept the packed loader and its sampler
         assert Path(tmp_path, f'loader{rank}.txt').read_text() == (
-            'ResumableDataLoader DistributedSampler pack_collate'
+            'ResumableDataLoader ResumableDistributedSampler pack_collate'
         )
 
 

@@ -6,13 +6,17 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torchgeo.datamodules import NonGeoDataModule
 
 from ..datasets import MMEarth
 from ..transforms import MMEarthNormalize
 from .loaders import PackedDataLoader
-from .resumable import ResumableDataLoader, ResumableRandomSampler
+from .resumable import (
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    ResumableRandomSampler,
+)
 
 __all__ = ['MMEarthDataModule']
 
@@ -160,9 +164,11 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
 
     Image-level entries (``era5``, ``biome``, ...) pass through untouched.
 
-    The datamodule works unchanged under distributed training: Lightning wraps the
-    loaders in a DistributedSampler, and each worker process opens its own HDF5
-    handle.
+    The datamodule works unchanged under distributed training: each worker
+    process opens its own HDF5 handle; the training loader of each process gets a
+    :class:`~torchgeo_mmearth.datamodules.resumable.ResumableDistributedSampler`
+    (which Lightning keeps, and which resumes mid-epoch), the other loaders the
+    DistributedSampler that Lightning adds.
     """
 
     def __init__(
@@ -249,7 +255,8 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
         workers, each batch crosses to the main process as one buffer. The
         training loader is a
         :class:`~torchgeo_mmearth.datamodules.resumable.ResumableDataLoader`,
-        which Lightning's checkpoints resume mid-epoch.
+        which Lightning's checkpoints resume mid-epoch, on one process or on
+        several.
 
         Args:
             split: 'train', 'val', 'test' or 'predict'.
@@ -266,7 +273,7 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
         )(
             dataset=dataset,
             batch_size=self._valid_attribute(f'{split}_batch_size', 'batch_size'),
-            sampler=ResumableRandomSampler(dataset) if train else None,
+            sampler=self._train_sampler(dataset) if train else None,
             # Workers' seeds not from torch's global generator, which draws the
             # masks: a resumed run starts the persistent validation workers later
             # than an uninterrupted run (after, not in, the sanity check).
@@ -283,6 +290,28 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
                 self._train_loader_state = None
             self._train_loader = loader
         return loader
+
+    def _train_sampler(self, dataset: MMEarth) -> Sampler[int]:
+        """The training sampler: one order per epoch, resumable mid-epoch.
+
+        Args:
+            dataset: the training dataset.
+
+        Returns:
+            A :class:`ResumableRandomSampler` on one process; on several, each
+            process's share of a :class:`ResumableDistributedSampler`'s order.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return ResumableRandomSampler(dataset)
+        # The processes and rank that Lightning would give its DistributedSampler.
+        shares = trainer.distributed_sampler_kwargs
+        assert shares is not None  # a strategy of several processes
+        sampler = ResumableDistributedSampler(dataset, **shares)
+        # Rank 0's seed: the ranks' global generators agree only if every process
+        # called seed_everything with one seed.
+        sampler.seed = trainer.strategy.broadcast(sampler.seed)
+        return sampler
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position in its epoch, saved in checkpoints.
