@@ -1,4 +1,7 @@
+import contextlib
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -122,3 +125,39 @@ def test_corrupt_corpus_is_one_line(
     assert "of dataset 'sentinel2'" in err and 'corrupt or truncated' in err
     assert f'What was converted is kept in {out}.partial: run the same ' in err
     assert (tmp_path / 'shards.partial').is_dir() and not out.exists()
+
+
+def process_group() -> set[int]:
+    """The processes of this process's group (its forked descendants among them)."""
+    group = set()
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == os.getpgid(0):
+                    group.add(int(entry.name))
+    return group
+
+
+@pytest.mark.skipif(not Path('/proc').is_dir(), reason='lists processes in /proc')
+def test_failed_write_leaves_no_processes(
+    mmearth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk in a worker: litdata's workers and their helpers all end."""
+    from litdata.streaming.writer import BinaryWriter
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(BinaryWriter, 'write_chunk', full_disk)
+    before = process_group()
+    with pytest.raises(RuntimeError, match='No space left on device'):
+        shard_corpus(
+            mmearth_root,
+            'MMEarth64',
+            tmp_path / 'shards',
+            splits=['train'],
+            num_workers=2,
+            progress=False,
+            start_method='fork',
+        )
+    assert process_group() - before == set()

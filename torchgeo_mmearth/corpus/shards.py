@@ -9,15 +9,18 @@ folder is described in :mod:`torchgeo_mmearth.datasets.streaming`.
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import io
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -299,7 +302,7 @@ def shard_corpus(
         chatter = io.StringIO()
         failure.unlink(missing_ok=True)
         try:
-            with contextlib.redirect_stdout(chatter):
+            with contextlib.redirect_stdout(chatter), _no_leftover_processes():
                 optimize(
                     fn=_StoredTiles(
                         str(root), subset, split, stored, version, str(failure)
@@ -335,6 +338,8 @@ def shard_corpus(
         with atomic_path(record_path) as temporary:
             temporary.write_text(json.dumps({'arguments': arguments, 'done': done}))
 
+    for split in splits:
+        shutil.rmtree(partial / split / '.checkpoints', ignore_errors=True)
     manifest = {
         'format': SHARD_FORMAT[0],
         'version': SHARD_FORMAT[1],
@@ -347,12 +352,15 @@ def shard_corpus(
         'compression': compression,
         'source': {'h5': probe.h5_path.name, 'h5_bytes': folder_bytes(probe.h5_path)},
         'band_stats': probe.band_stats,
+        'checksums': {
+            split: _checksums(partial / split, num_workers)
+            for split in splits
+            if (partial / split).is_dir()
+        },
     }
     with atomic_path(partial / MANIFEST) as temporary:
         temporary.write_text(json.dumps(manifest))
     record_path.unlink()
-    for split in splits:
-        shutil.rmtree(partial / split / '.checkpoints', ignore_errors=True)
     if output.exists():
         shutil.rmtree(output)
     os.replace(partial, output)
@@ -418,6 +426,82 @@ def _tile_size(h5_path: Path, stored: dict[str, dict[str, Any]]) -> int | None:
     return sizes.pop()[0] if sizes else None
 
 
+def _checksums(split_dir: Path, num_workers: int | None) -> dict[str, str]:
+    """SHA-256 of every file of a split folder (its chunks and index), by name."""
+    from ..datasets.streaming import file_sha256
+
+    files = sorted(path for path in split_dir.iterdir() if path.is_file())
+    # hashlib lets go of the GIL: threads hash files side by side.
+    with ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+        digests = pool.map(file_sha256, files)
+        return {path.name: digest for path, digest in zip(files, digests, strict=True)}
+
+
+@contextlib.contextmanager
+def _no_leftover_processes() -> Iterator[None]:
+    """End the processes that a conversion started, once it is over.
+
+    When a litdata worker fails (a write error, a full disk), litdata terminates
+    the worker but not the helper processes that the worker started (uploaders, a
+    remover), which then wait for work forever, each with a copy of the worker's
+    memory. On Linux this process becomes their subreaper while the conversion
+    runs: they become its children when their worker ends, and are ended here.
+
+    Yields:
+        Nothing.
+    """
+    before = _child_pids()
+    subreaper = _set_child_subreaper(True)
+    try:
+        yield
+    finally:
+        started = [p for p in multiprocessing.active_children() if p.pid not in before]
+        for process in started:
+            process.terminate()
+        # A failed run's workers get a second to stop (some outlive SIGTERM).
+        deadline = time.monotonic() + 1
+        for process in started:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        # What is left are the workers' helpers, adopted when their worker ended.
+        for pid in _child_pids() - before:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        if subreaper:
+            _set_child_subreaper(False)
+
+
+def _child_pids() -> set[int]:
+    """The processes whose parent is this one (Linux; elsewhere: none)."""
+    pids = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir('/proc'):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                stat = Path(entry.path, 'stat').read_text()
+                # The parent's pid is the second field after the command's ')'.
+                if int(stat.rsplit(')', 1)[1].split()[1]) == os.getpid():
+                    pids.add(int(entry.name))
+    return pids
+
+
+def _set_child_subreaper(enabled: bool) -> bool:
+    """Make this process the subreaper of its descendants (Linux ``prctl``).
+
+    Returns:
+        Whether the setting was changed.
+    """
+    set_child_subreaper = 36  # PR_SET_CHILD_SUBREAPER, <linux/prctl.h>
+    if not sys.platform.startswith('linux'):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(set_child_subreaper, int(enabled), 0, 0, 0) == 0)
+
+
 def _items_written(split_dir: Path) -> int:
     """Items listed by the litdata index of one split (0 without an index)."""
     index = split_dir / 'index.json'
@@ -444,15 +528,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: torchgeo-mmearth shard --root data --subset MMEarth64 '
         '--out shards/mmearth64 --workers 16; then upload the folder (e.g. '
         'aws s3 sync shards/mmearth64 s3://bucket/mmearth64). An interrupted '
-        'conversion resumes when run again with the same arguments.',
+        'conversion resumes when run again with the same arguments. '
+        'torchgeo-mmearth shard --verify shards/mmearth64 checks a shard folder.',
     )
-    parser.add_argument('--root', required=True, help='folder that holds the corpus')
+    parser.add_argument('--root', help='folder that holds the corpus (required)')
     parser.add_argument(
         '--subset',
-        required=True,
-        help="MMEarth, MMEarth64, MMEarth100k, MMEarthDemo or a corpus folder 'data_<name>'",
+        help='MMEarth, MMEarth64, MMEarth100k, MMEarthDemo or a corpus folder '
+        "'data_<name>' (required)",
     )
-    parser.add_argument('--out', required=True, help='shard folder to write')
+    parser.add_argument('--out', help='shard folder to write (required)')
+    parser.add_argument(
+        '--verify',
+        metavar='DIR',
+        help='instead of converting: check every chunk and index of the shard '
+        'folder DIR against the SHA-256 checksums of its manifest; prints one line '
+        'per bad file and exits with 1, or an OK summary',
+    )
     parser.add_argument(
         '--splits', nargs='*', default=None, help='splits to convert (default: all)'
     )
@@ -492,10 +584,18 @@ def main(argv: Sequence[str]) -> int:
     Returns:
         The exit status: 0, 2 for a refused or wrong conversion (one ``error:``
         line naming the file, and what was kept of the conversion), 130 when
-        interrupted (the finished splits are kept for the next run).
+        interrupted (the finished splits are kept for the next run); with
+        ``--verify``, 1 if a file differs from its checksum.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verify is not None:
+        return _verify(args.verify)
+    missing = [
+        f'--{name}' for name in ('root', 'subset', 'out') if not vars(args)[name]
+    ]
+    if missing:
+        parser.error(f'the following arguments are required: {", ".join(missing)}')
     compression = None if args.compression in (None, 'none') else args.compression
     try:
         check_new_output(args.out, args.overwrite)
@@ -520,4 +620,28 @@ def main(argv: Sequence[str]) -> int:
     except _COMMAND_ERRORS as error:
         return report_error(error)
     print(report.summary())
+    return 0
+
+
+def _verify(shards: str) -> int:
+    """Run ``torchgeo-mmearth shard --verify``: one line per bad file, or OK.
+
+    Args:
+        shards: the shard folder.
+
+    Returns:
+        The exit status: 0 if every file matches, 1 if one does not, 2 if the
+        folder has no manifest of this format.
+    """
+    from ..datasets.streaming import MANIFEST, verify_shards
+
+    try:
+        checked, problems = verify_shards(shards)
+    except _COMMAND_ERRORS as error:
+        return report_error(error)
+    for problem in problems:
+        print(f'error: {problem}', file=sys.stderr)
+    if problems:
+        return 1
+    print(f'OK: {checked} files match the checksums of {Path(shards) / MANIFEST}')
     return 0
