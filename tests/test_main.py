@@ -298,3 +298,20 @@ class TestLightningCommands:
             main(['fit', '--help'])
         assert exit_info.value.code == 0
         assert '--ckpt_path' in capsys.readouterr().out
+
+
+def test_a_refused_resume_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the datamodules raise when a mid-epoch checkpoint meets another layout.
+    from torchgeo_mmearth import main as command
+    from torchgeo_mmearth._errors import ResumeError
+
+    def refuse(argv: list[str] | None) -> int:
+        raise ResumeError('saved by 2 process(es), and this run has 1')
+
+    monkeypatch.setattr(command, '_lightning', refuse)
+    assert main(['fit', '--config', 'run.yaml']) == 2
+    assert capsys.readouterr().err == (
+        'error: saved by 2 process(es), and this run has 1\n'
+    )

@@ -20,6 +20,9 @@ __all__ = [
     'USAGE_ERROR',
     'USER_ERRORS',
     'CommandLineError',
+    'CorruptDataError',
+    'ResumeError',
+    'RunError',
     'check_new_output',
     'debug_mode',
     'debugging',
@@ -36,6 +39,23 @@ _DEBUG = contextvars.ContextVar('debug', default=False)
 
 class CommandLineError(Exception):
     """A mistake in a command line, worded in its terms (flags and files)."""
+
+
+class RunError(Exception):
+    """A mistake in a run's data or checkpoint, found once the run has started.
+
+    ``torchgeo-mmearth fit`` stopped by one prints it as its one ``error:`` line,
+    also when a DataLoader worker raised it. Its subclasses are also ValueError or
+    OSError, what Python callers catch.
+    """
+
+
+class ResumeError(RunError, ValueError):
+    """A checkpoint that cannot resume the run as the run is set up."""
+
+
+class CorruptDataError(RunError, OSError):
+    """A data file that differs from what was written (its checksum)."""
 
 
 #: What a user's mistake raises in the subcommands: missing, existing or corrupt
@@ -116,4 +136,9 @@ def _message(error: Exception) -> str:
         text = f'{error.filename}: {error.strerror}'
     else:
         text = str(error) or type(error).__name__
+    # An error raised in a DataLoader worker comes back with the worker's
+    # traceback in its message; its own message is the last line.
+    if text.startswith('Caught ') and '\nOriginal Traceback' in text:
+        last = text.rstrip().rsplit('\n', 1)[-1]
+        text = re.sub(rf'^[\w.]*\b{type(error).__name__}: ', '', last)
     return re.sub(r'\s*\n\s*', ' ', text.strip())

@@ -42,6 +42,7 @@ from ._atomic import atomic_path
 from ._errors import (
     USER_ERRORS,
     CommandLineError,
+    RunError,
     check_new_output,
     debug_mode,
     report_error,
@@ -288,7 +289,7 @@ def main(args: Sequence[str] | None = None) -> int:
                 sys.argv[1:] = argv
             try:
                 return _lightning(None if args is None else argv)
-            except CommandLineError as error:
+            except (CommandLineError, RunError) as error:
                 return report_error(error)
         return report_error(
             CommandLineError(

@@ -266,3 +266,17 @@ def test_normalizer_takes_the_release_of_the_shards(
     dm = streaming(mmearth_shards, tmp_path)
     dm.setup('fit')
     assert dm.normalizer is not None and dm.normalizer.version == 'v001'
+
+
+@pytest.mark.parametrize('verify_chunks', [True, False])
+def test_chunk_verification_is_a_datamodule_option(
+    mmearth_shards: Path, verify_chunks: bool
+) -> None:
+    from torchgeo_mmearth.datasets.streaming import _VerifiedChunks
+
+    datamodule = MMEarthStreamingDataModule(
+        input_dir=str(mmearth_shards), batch_size=2, verify_chunks=verify_chunks
+    )
+    datamodule.setup('fit')
+    loader = datamodule.train_dataset.item_loader
+    assert isinstance(loader, _VerifiedChunks) is verify_chunks

@@ -2,6 +2,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,24 @@ sys.exit(main())
         corpus = torch.load(saved, weights_only=False)['mmearth']['corpus']
         assert corpus['subset'] == 'MMEarth64'
         assert corpus['root'] == str(mmearth_shards)
+
+    def test_corrupt_chunk_read_by_a_worker_is_one_error_line(
+        self, mmearth_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        shards = tmp_path / 'shards'
+        shutil.copytree(mmearth_shards, shards)
+        chunks = sorted((shards / 'train').glob('*.bin'))
+        for chunk in chunks:  # whichever the first batch reads
+            data = bytearray(chunk.read_bytes())
+            data[len(data) // 2] ^= 1
+            chunk.write_bytes(data)
+        args = cli_args(CONF / 'mpmae_shards.yaml', shards, tmp_path / 'run')
+        args[args.index('--data.init_args.root')] = '--data.init_args.input_dir'
+        args += ['--data.init_args.num_workers', '1', '--trainer.logger', 'false']
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith(tuple(f'error: {chunk}' for chunk in chunks))
+        assert 'Traceback' not in '\n'.join(lines)
 
     def test_shard_configs_differ_only_in_data(self) -> None:
         pairs = [

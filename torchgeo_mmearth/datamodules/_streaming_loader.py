@@ -6,6 +6,7 @@ from typing import Any
 from litdata import StreamingDataLoader
 from litdata.streaming.elastic import topology_changed
 
+from .._errors import ResumeError
 from .loaders import BufferReturns, PackedBatch
 
 __all__ = ['PackedStreamingDataLoader']
@@ -81,7 +82,7 @@ class PackedStreamingDataLoader(StreamingDataLoader):  # type: ignore[misc]
             batch_size=self.batch_size,
         ):
             return
-        raise ValueError(
+        raise ResumeError(
             'cannot resume the shards mid-epoch: the checkpoint was saved by '
             f'{saved["world_size"]} process(es) with {saved["num_workers"]} '
             f'DataLoader worker(s) each and batch_size {saved["batch_size"]}, '

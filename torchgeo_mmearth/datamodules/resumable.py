@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from .._errors import ResumeError
 from .loaders import PackedDataLoader
 
 __all__ = [
@@ -232,7 +233,7 @@ class ResumableDataLoader(PackedDataLoader[T_co]):
             else self._epoch_batches(saved_world_size)
         )
         if 0 < batches < epoch_batches and saved_world_size != world_size:
-            raise ValueError(
+            raise ResumeError(
                 f'the training loader state was saved mid-epoch (batch {batches} of '
                 f'{epoch_batches}) by {saved_world_size} process(es), and this run '
                 f'has {world_size}: resume on {saved_world_size} (devices x nodes), '

@@ -59,6 +59,7 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
         cache_dir: str | None = None,
         max_cache_size: int | str = '100GB',
         storage_options: dict[str, Any] | None = None,
+        verify_chunks: bool = True,
         **kwargs: Any,
     ) -> None:
         """Initialize a new MMEarthStreamingDataModule instance.
@@ -86,6 +87,8 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
             max_cache_size: the most that *cache_dir* may hold.
             storage_options: options of the remote store (for an S3-compatible
                 endpoint: ``{'endpoint_url': 'http://host:port'}``).
+            verify_chunks: check each chunk against the SHA-256 that ``shard``
+                wrote, once per chunk and process, when it is first read.
             **kwargs: additional keyword arguments passed to
                 :class:`~torchgeo_mmearth.datasets.StreamingMMEarth` (e.g.
                 ``transforms``).
@@ -113,6 +116,7 @@ class MMEarthStreamingDataModule(_OnDeviceMMEarthDataModule):
             cache_dir=cache_dir,
             max_cache_size=max_cache_size,
             storage_options=storage_options,
+            verify_chunks=verify_chunks,
             **kwargs,
         )
         self.shuffle = shuffle

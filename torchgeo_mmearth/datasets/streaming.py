@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from .._errors import CorruptDataError
 from ..modalities import resolve_modality_bands
 from .mmearth import _one_hot_index, _sample_plan
 
@@ -331,7 +332,7 @@ class _VerifiedChunks(PyTreeLoader):  # type: ignore[misc]
                         f' (a cached copy from {self.location}; delete it to '
                         'download it again)'
                     )
-                raise OSError(problem)
+                raise CorruptDataError(problem)
             self._verified.add(chunk_filepath)
         return item
 
