@@ -300,18 +300,18 @@ class TestLightningCommands:
         assert '--ckpt_path' in capsys.readouterr().out
 
 
-def test_a_refused_resume_is_one_error_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize('error', ['ResumeError', 'NonFiniteTrainingError'])
+def test_a_run_error_is_one_error_line(
+    error: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # What the datamodules raise when a mid-epoch checkpoint meets another layout.
+    # What the datamodules raise when a mid-epoch checkpoint meets another layout,
+    # and MPMAETask after too many non-finite steps in a row.
+    from torchgeo_mmearth import _errors
     from torchgeo_mmearth import main as command
-    from torchgeo_mmearth._errors import ResumeError
 
-    def refuse(argv: list[str] | None) -> int:
-        raise ResumeError('saved by 2 process(es), and this run has 1')
+    def stop(argv: list[str] | None) -> int:
+        raise getattr(_errors, error)('the reason\nand the fix')
 
-    monkeypatch.setattr(command, '_lightning', refuse)
+    monkeypatch.setattr(command, '_lightning', stop)
     assert main(['fit', '--config', 'run.yaml']) == 2
-    assert capsys.readouterr().err == (
-        'error: saved by 2 process(es), and this run has 1\n'
-    )
+    assert capsys.readouterr().err == 'error: the reason and the fix\n'

@@ -21,6 +21,7 @@ __all__ = [
     'USER_ERRORS',
     'CommandLineError',
     'CorruptDataError',
+    'NonFiniteTrainingError',
     'ResumeError',
     'RunError',
     'check_new_output',
@@ -56,6 +57,10 @@ class ResumeError(RunError, ValueError):
 
 class CorruptDataError(RunError, OSError):
     """A data file that differs from what was written (its checksum)."""
+
+
+class NonFiniteTrainingError(RunError, FloatingPointError):
+    """Training that cannot go on: step after step with non-finite gradients."""
 
 
 #: What a user's mistake raises in the subcommands: missing, existing or corrupt

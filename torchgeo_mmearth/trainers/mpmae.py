@@ -19,6 +19,7 @@ from torch.optim import AdamW, Optimizer
 from torchvision.models._api import WeightsEnum
 
 from .._compat import BaseTask
+from .._errors import NonFiniteTrainingError
 from .._panels import has_data
 from ..modalities import Level, default_pretext_tasks
 from ..models import MPMAE, MPMAEOutput, PretrainedLoad, pretraining_checkpoint
@@ -583,7 +584,7 @@ class MPMAETask(BaseTask):
                 if flag
             ]
             losses = bad if bad else 'none (the aggregation)' if total else 'none'
-            raise FloatingPointError(
+            raise NonFiniteTrainingError(
                 f'MP-MAE stopped: {limit} optimizer steps in a row had non-finite '
                 f'gradients and were skipped, the last at step {stop_step} '
                 f'(max_nonfinite_steps={limit}); tasks with a non-finite loss: '
