@@ -364,3 +364,31 @@ def test_distributed_run_resumes_mid_epoch(tmp_path: Path) -> None:
         assert resumed[rank]['seen'] == uninterrupted[rank]['seen'][3:]
         for name, weight in resumed[rank]['weights'].items():
             assert torch.equal(weight, uninterrupted[rank]['weights'][name])
+
+
+@pytest.mark.parametrize('use_distributed_sampler', [True, False])
+def test_training_sampler_follows_use_distributed_sampler(
+    use_distributed_sampler: bool,
+) -> None:
+    # Two processes as the datamodule sees them; broadcast keeps this one's seed.
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        world_size=2,
+        distributed_sampler_kwargs={'num_replicas': 2, 'rank': 1},
+        strategy=SimpleNamespace(broadcast=lambda seed: seed),
+        _accelerator_connector=SimpleNamespace(
+            use_distributed_sampler=use_distributed_sampler
+        ),
+    )
+    datamodule = MMEarthDataModule(
+        subset='MMEarthDemo', modalities=['sentinel2'], batch_size=4, val_split=None
+    )
+    datamodule.trainer = trainer  # type: ignore[assignment]
+    datamodule.setup('fit')
+    sampler = datamodule.train_dataloader().sampler
+    if use_distributed_sampler:
+        assert isinstance(sampler, ResumableDistributedSampler)
+        assert (sampler.num_replicas, sampler.rank) == (2, 1)
+    else:
+        assert type(sampler) is ResumableRandomSampler

@@ -298,11 +298,18 @@ class MMEarthDataModule(_OnDeviceMMEarthDataModule):
             dataset: the training dataset.
 
         Returns:
-            A :class:`ResumableRandomSampler` on one process; on several, each
-            process's share of a :class:`ResumableDistributedSampler`'s order.
+            A :class:`ResumableRandomSampler` on one process, or when the Trainer
+            was given ``use_distributed_sampler=False`` (every process then reads
+            the whole split); on several, each process's share of a
+            :class:`ResumableDistributedSampler`'s order.
         """
         trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
+        # Lightning keeps the Trainer's use_distributed_sampler only there.
+        shard = (
+            trainer is not None
+            and trainer._accelerator_connector.use_distributed_sampler
+        )
+        if trainer is None or trainer.world_size == 1 or not shard:
             return ResumableRandomSampler(dataset)
         # The processes and rank that Lightning would give its DistributedSampler.
         shares = trainer.distributed_sampler_kwargs
