@@ -271,11 +271,11 @@ def test_sigterm_under_ddp(hdf5: tuple[str, Path], tmp_path: Path, group: bool) 
     # 2 CPU processes, 3 steps of 1 tile each per epoch; the signal during step
     # 1, to rank 1 alone or to both ranks and their DataLoader workers.
     sender = signal_at(1, rank=0, group=True) if group else signal_at(1, rank=1)
-    args = fit_args('mpmae.yaml', hdf5, tmp_path, sender)
-    args += ['--trainer.devices', '2', '--data.init_args.batch_size', '1']
+    ddp = ['--trainer.devices', '2', '--data.init_args.batch_size', '1']
     # A tile without some modality leaves its heads out of the loss.
-    args += ['--trainer.strategy', 'ddp_find_unused_parameters_true']
-    args += ['--data.init_args.num_workers', '1']
+    ddp += ['--trainer.strategy', 'ddp_find_unused_parameters_true']
+    ddp += ['--data.init_args.num_workers', '1']
+    args = fit_args('mpmae.yaml', hdf5, tmp_path, sender, *ddp)
     stderr = run_command(args, status=128 + signal.SIGTERM)
     saved = tmp_path / 'checkpoints' / 'interrupted.ckpt'
     resume = shlex.join(['torchgeo-mmearth', *args, '--ckpt_path', str(saved)])
@@ -283,3 +283,10 @@ def test_sigterm_under_ddp(hdf5: tuple[str, Path], tmp_path: Path, group: bool) 
         f'Stopped by SIGTERM at epoch 0, step 2: saved {saved}. To resume: {resume}'
     ]
     assert torch.load(saved, weights_only=False)['global_step'] == 2
+    if group:
+        # Resumed (the signal's step is behind it), the run ends with the weights
+        # of an uninterrupted run on as many processes.
+        run_command(shlex.split(resume)[1:], status=0)
+        uninterrupted = tmp_path / 'uninterrupted'
+        run_command(fit_args('mpmae.yaml', hdf5, uninterrupted, *ddp), status=0)
+        assert_same_weights(tmp_path, final_weights(uninterrupted))
