@@ -7,11 +7,13 @@ of an uninterrupted run, bit for bit on a CPU.
 
 import json
 import logging
+import multiprocessing
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,7 +57,14 @@ class SignalAtStep(Callback):
         if trainer.global_step != self.step or trainer.global_rank != self.rank:
             return
         if self.group:
-            os.killpg(os.getpgid(0), self.signum)
+            # From another process, as scancel's: the workers take a signal of
+            # their own parent as the order to end.
+            group = f'-{os.getpgid(0)}'
+            subprocess.run(
+                ['kill', '-s', self.signum.name, '--', group],
+                check=True,
+                start_new_session=True,
+            )
         else:
             os.kill(os.getpid(), self.signum)
 
@@ -290,3 +299,35 @@ def test_sigterm_under_ddp(hdf5: tuple[str, Path], tmp_path: Path, group: bool) 
         uninterrupted = tmp_path / 'uninterrupted'
         run_command(fit_args('mpmae.yaml', hdf5, uninterrupted, *ddp), status=0)
         assert_same_weights(tmp_path, final_weights(uninterrupted))
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+def test_forked_workers_leave_signals_to_their_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As in a run: the stopping signals are left to the training process.
+    from torchgeo_mmearth.trainers import callbacks
+
+    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+    monkeypatch.setattr(callbacks._worker_signals, 'blocked', signals)
+    worker = multiprocessing.get_context('fork').Process(target=_sleep, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.5)  # the worker blocks the signals as it starts
+        # From another process (scancel, a group's Ctrl-C): ignored.
+        for number in signals:
+            subprocess.run(
+                ['kill', '-s', str(int(number)), str(worker.pid)], check=True
+            )
+        worker.join(1)
+        assert worker.is_alive()
+        # From the parent (the loader stopping it, or Python at exit): it ends.
+        worker.terminate()
+        worker.join(10)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()

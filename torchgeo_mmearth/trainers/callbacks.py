@@ -283,21 +283,38 @@ def _requeue_signal(environment: ClusterEnvironment) -> int | None:
 
 
 class _WorkerSignals:
-    """The signals blocked in the processes that multiprocessing forks.
+    """The signals that the processes multiprocessing forks leave to their parent.
 
     A DataLoader worker that receives SIGTERM dies (PyTorch's handler in the
     workers), and its process then fails at the next batch; one that receives
-    Ctrl-C ends quietly, with the same effect. Blocked, the signals stay pending
-    in the workers, which the training process stops when it stops the run.
+    Ctrl-C ends quietly, with the same effect. In a forked process the signals are
+    blocked and a thread takes them: one sent by the parent (which stops its
+    workers so, also when Python exits) ends the process at once, as PyTorch's
+    handler does; any other (``scancel``, ``kill -- -PGID``, a terminal's Ctrl-C)
+    is dropped, and the training process stops its workers when it stops the run.
     """
 
     def __init__(self) -> None:
         self.blocked: set[int] = set()
 
     def block(self) -> None:
-        """Block the signals in a process just forked (a multiprocessing hook)."""
+        """Leave the signals to the parent in a process just forked (a hook)."""
         if self.blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, self.blocked)
+            threading.Thread(
+                target=_end_when_the_parent_signals,
+                args=(frozenset(self.blocked),),
+                name='torchgeo-mmearth signals',
+                daemon=True,
+            ).start()
+
+
+def _end_when_the_parent_signals(signals: frozenset[int]) -> None:
+    """Wait for *signals* (blocked); end this process on one from its parent."""
+    while True:
+        received = signal.sigwaitinfo(signals)
+        if received.si_pid == os.getppid():
+            os._exit(0)
 
 
 _worker_signals = _WorkerSignals()
