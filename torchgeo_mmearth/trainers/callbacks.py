@@ -93,10 +93,11 @@ class CheckpointOnInterrupt(Callback):
 
     Under DDP the processes stop together, at the end of the same step, whichever
     of them received the signal (if several signals, the highest-numbered one
-    decides). DataLoader workers do not react to the three signals (they are
-    blocked in the workers that the processes fork during the run): the
-    processes stop them as at the end of an epoch, so a signal to the whole
-    process group (``scancel``, ``kill -- -PGID``) prints no worker tracebacks.
+    decides). DataLoader workers forked during the run drop the three signals
+    unless their own process sends them (as it does, or Python at exit, to stop
+    them): the processes stop them as at the end of an epoch, so a signal to the
+    whole process group (``scancel``, ``kill -- -PGID``) prints no worker
+    tracebacks.
 
     While training runs, this callback handles SIGTERM instead of Lightning (its
     handler, which sets ``trainer.received_sigterm``, stays off until the run
